@@ -1,0 +1,3 @@
+from floatedge.cli import main
+
+main()

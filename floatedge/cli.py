@@ -1,0 +1,140 @@
+"""The `floatedge` command. Commands parse, call a library function and print; errors a user can
+cause become one-line `click.ClickException`s (exit 1), never tracebacks."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from floatedge import __version__
+
+
+def user_errors(fn):
+    """Turn the library's user-facing errors (ValueError/OSError/KeyError subclasses) into one clear line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (ValueError, OSError, KeyError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise click.ClickException(str(msg).splitlines()[0] if str(msg) else type(exc).__name__) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="floatedge")
+def main() -> None:
+    """floatedge: train once-for-all robust classifiers (FLOAT/FLOATS), export them, run them on Jetsons."""
+
+
+@main.command("models")
+def models_cmd() -> None:
+    """List the registered architectures with parameter counts (CIFAR-10 shapes)."""
+    from floatedge.train.models import create_model, list_models
+
+    click.echo(f"{'name':10s} {'plain (M)':>10s} {'FLOAT (M)':>10s}  notes")
+    for name in list_models():
+        plain = create_model(name, noisy=False, dual=False)
+        flt = create_model(name)
+        click.echo(f"{name:10s} {sum(p.numel() for p in plain.parameters()) / 1e6:10.3f} "
+                   f"{sum(p.numel() for p in flt.parameters()) / 1e6:10.3f}  "
+                   f"conv+fc {plain.plain_parameter_count() / 1e6:.3f} M")
+
+
+@main.command("train")
+@click.option("--method", type=click.Choice(["float", "floats", "pgdat", "standard"]), default="float", show_default=True)
+@click.option("--arch", default="resnet20", show_default=True, help="Architecture name (see `floatedge models`).")
+@click.option("--dataset", default="cifar10", show_default=True,
+              help="cifar10, cifar100, svhn, stl10, imagefolder, digits (embedded) or synthetic.")
+@click.option("--data", "data_path", type=click.Path(), default=None, help="Data directory.")
+@click.option("--epochs", type=int, default=200, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--widths", default="1.0", show_default=True, help="Comma-separated widths for FLOATS, e.g. 1.0,0.75,0.5.")
+@click.option("--lambda", "lam", type=float, default=1.0, show_default=True, help="PGD-AT's fixed λ.")
+@click.option("--noise-mode", type=click.Choice(["fixed", "resample"]), default="fixed", show_default=True)
+@click.option("--pgd-steps", type=int, default=7, show_default=True)
+@click.option("--limit-train", type=int, default=None, help="Train on a seeded random subset of N images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--out", "out", type=click.Path(), required=True, help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def train_cmd(method, arch, dataset, data_path, epochs, batch_size, lr, weight_decay, widths, lam, noise_mode,
+              pgd_steps, limit_train, seed, device, no_amp, threads, out, resume, quiet) -> None:
+    """Train a FLOAT/FLOATS model (or a PGD-AT / standard baseline) into a run directory."""
+    from floatedge.train.trainer import TrainConfig, read_log, train
+
+    cfg = TrainConfig(method=method, arch=arch, dataset=dataset, data=data_path, epochs=epochs, batch_size=batch_size,
+                      lr=lr, weight_decay=weight_decay, widths=widths, lam=lam, noise_mode=noise_mode,
+                      pgd_steps=pgd_steps, limit_train=limit_train, seed=seed, device=device, amp=not no_amp,
+                      threads=threads)
+    run = train(cfg, out, resume=resume, progress=not quiet)
+    log = read_log(run)
+    if log:
+        last = log[-1]
+        click.echo(f"trained {method} {arch} on {dataset}: epoch {last['epoch']}, loss {last['loss']:.3f}, "
+                   f"clean train acc {100 * last['train_clean_acc']:.1f}%, adv train acc "
+                   f"{100 * last['train_adv_acc']:.1f}% → {run}")
+
+
+@main.command("eval")
+@click.argument("run_dir", type=click.Path())
+@click.option("--lambdas", default="0,0.2,0.7,1", show_default=True)
+@click.option("--lambda-ths", default="0,0.5", show_default=True)
+@click.option("--widths", default=None, help="Widths to evaluate (default: all trained).")
+@click.option("--attacks", default="pgd20", show_default=True, help="Any of pgd7, pgd20, fgsm, autoattack.")
+@click.option("--limit", type=int, default=None, help="Evaluate on a seeded random subset of N test images.")
+@click.option("--data", "data_path", type=click.Path(), default=None, help="Override the run's data directory.")
+@click.option("--batch-size", type=int, default=250, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--out", "out", type=click.Path(), default=None, help="Result file (.json; .csv and .png beside it).")
+@click.option("--quiet", is_flag=True)
+@user_errors
+def eval_cmd(run_dir, lambdas, lambda_ths, widths, attacks, limit, data_path, batch_size, seed, device, out, quiet):
+    """Clean and robust accuracy over λ_n × λ_th × widths; prints a table, writes JSON/CSV/PNG."""
+    from floatedge.oppoint import parse_lambdas, parse_widths
+    from floatedge.train.evaluate import evaluate, format_table, save_result
+
+    ths = tuple(float(t) for t in lambda_ths.split(",") if t.strip())
+    result = evaluate(run_dir, parse_lambdas(lambdas), ths, parse_widths(widths) if widths else None,
+                      [a.strip() for a in attacks.split(",") if a.strip()], limit, data_path, batch_size, seed,
+                      device, progress=not quiet)
+    click.echo(format_table(result))
+    out = Path(out) if out else Path(run_dir) / "eval.json"
+    paths = save_result(result, out)
+    click.echo(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
+
+
+@main.command("quickstart")
+@click.option("--out", type=click.Path(), default="runs/quickstart", show_default=True)
+@click.option("--epochs", type=int, default=15, show_default=True)
+@user_errors
+def quickstart_cmd(out, epochs) -> None:
+    """Train a small FLOATS model on the embedded digits data, evaluate it, print the trade-off, plot it."""
+    from floatedge.train.evaluate import evaluate, format_table, save_result
+    from floatedge.train.trainer import TrainConfig, train
+
+    out = Path(out)
+    cfg = TrainConfig(method="floats", arch="resnet20", dataset="digits", epochs=epochs, batch_size=128,
+                      widths=(1.0, 0.5), eps=8 / 255, lr=0.05)
+    train(cfg, out, resume=(out / "checkpoint.pt").exists())
+    result = evaluate(out, attacks=["pgd20"])
+    click.echo(format_table(result))
+    paths = save_result(result, out / "eval.json")
+    click.echo(f"trade-off plot: {paths['png']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

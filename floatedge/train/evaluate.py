@@ -1,0 +1,192 @@
+"""Clean and robust accuracy over a grid of operating points, with a table and a trade-off plot.
+
+Operating points that compute the same function (same noise scale, BN set and width — e.g. λ_n = 1 under
+both thresholds) are evaluated once and reported under each name. Models without noise or dual BN
+(PGD-AT, standard) have one operating point per width.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from floatedge.fsutil import atomic_write, atomic_write_json, atomic_write_text
+from floatedge.oppoint import PAPER_LAMBDA_THS, PAPER_LAMBDAS, OperatingPoint
+
+from .attacks import ATTACKS, run_attack
+from .data import load_dataset, to_float
+from .trainer import TrainError, load_model, resolve_device
+
+
+class EvalError(ValueError):
+    pass
+
+
+def accuracy_under(model, attack: str, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> float:
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        xa = run_attack(attack, model, xb, yb, seed=seed + i)
+        with torch.no_grad():
+            correct += int((model(xa).argmax(1) == yb).sum())
+    return correct / len(x)
+
+
+def evaluate(
+    run_dir: str | Path,
+    lambdas: Sequence[float] = PAPER_LAMBDAS,
+    lambda_ths: Sequence[float] = PAPER_LAMBDA_THS,
+    widths: Sequence[float] | None = None,
+    attacks: Sequence[str] = ("pgd20",),
+    limit: int | None = None,
+    data: str | None = None,
+    batch_size: int = 250,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    for a in attacks:
+        if a not in ATTACKS or a == "clean":
+            raise EvalError(f"unknown attack {a!r}; choose from {', '.join(k for k in ATTACKS if k != 'clean')}")
+    model, cfg, ckpt = load_model(run_dir)
+    dev = resolve_device(device)
+    model.to(dev)
+    widths = tuple(widths) if widths else model.widths
+    for w in widths:
+        if w not in model.widths:
+            raise EvalError(f"width {w:g} not trained; {run_dir} has widths {list(model.widths)}")
+    try:
+        ds = load_dataset(cfg.dataset, data or cfg.data)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    if limit:
+        ds = ds.limit(test=limit, seed=seed)
+    x, y = to_float(ds.x_test).to(dev), ds.y_test.to(dev)
+
+    conditional = cfg.noisy
+    points = [OperatingPoint(lam, w, th) for w in widths for th in lambda_ths for lam in lambdas] if conditional \
+        else [OperatingPoint(0.0, w, 0.0) for w in widths]
+    cache: dict[tuple, dict] = {}
+    rows = []
+    todo = {p.effective() for p in points}
+    bar = _bar(len(todo) * (1 + len(attacks)), progress)
+    for p in points:
+        key = p.effective()
+        if key not in cache:
+            model.set_operating_point(p)
+            res = {}
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                res["clean"] = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                                   for i in range(0, len(x), batch_size)) / len(x)
+            bar.update(1)
+            for a in attacks:
+                bar.set_description(f"{a} @ {p}")
+                res[a] = accuracy_under(model, a, x, y, batch_size, seed)
+                bar.update(1)
+            res["seconds"] = time.perf_counter() - t0
+            cache[key] = res
+        r = cache[key]
+        rows.append({**p.to_dict(), "noise_scale": p.noise_scale, "bn": p.bn_name, "clean_acc": r["clean"],
+                     **{f"{a}_acc": r[a] for a in attacks}, "seconds": r["seconds"]})
+    bar.close()
+    return {
+        "run": str(run_dir),
+        "method": cfg.method,
+        "arch": cfg.arch,
+        "dataset": cfg.dataset,
+        "noise_mode": cfg.noise_mode,
+        "noise_seed": cfg.noise_seed,
+        "epochs": int(ckpt["epoch"]),
+        "n_images": int(len(x)),
+        "subset_seed": seed if limit else None,
+        "attacks": {a: ATTACKS[a].description for a in attacks},
+        "rows": rows,
+    }
+
+
+def _bar(total: int, enabled: bool):
+    from .trainer import _progress
+
+    return _progress(total, "eval", enabled)
+
+
+def format_table(result: dict) -> str:
+    attacks = list(result["attacks"])
+    head = ["width", "λ_th", "λ_n", "s", "BN", "CA %"] + [f"{a} RA %" for a in attacks]
+    lines = [head]
+    for r in result["rows"]:
+        lines.append([f"{r['width']:g}", f"{r['lambda_th']:g}", f"{r['lambda_n']:g}", f"{r['noise_scale']:.2f}",
+                      r["bn"], f"{100 * r['clean_acc']:.2f}"] + [f"{100 * r[a + '_acc']:.2f}" for a in attacks])
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
+    out = ["  ".join(str(c).rjust(w) for c, w in zip(row, widths)) for row in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def write_csv(result: dict, path: str | Path) -> None:
+    rows = result["rows"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_tradeoff(result: dict, path: str | Path, attack: str | None = None, title: str | None = None) -> Path:
+    """CA against RA, one curve per width (and line style per λ_th), points labelled by λ_n (FLOAT Fig. 6)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attack = attack or next(iter(result["attacks"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    groups: dict[tuple, list] = {}
+    for r in result["rows"]:
+        groups.setdefault((r["width"], r["lambda_th"]), []).append(r)
+    styles = {0.0: "o--", 0.5: "s-"}
+    for (w, th), rs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        rs = sorted(rs, key=lambda r: r["lambda_n"])
+        xs = [100 * r["clean_acc"] for r in rs]
+        ys = [100 * r[f"{attack}_acc"] for r in rs]
+        ax.plot(xs, ys, styles.get(th, "^-"), label=f"width {w:g}, λ_th={th:g}")
+        for r, xv, yv in zip(rs, xs, ys):
+            ax.annotate(f"{r['lambda_n']:g}", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("clean accuracy CA (%)")
+    ax.set_ylabel(f"robust accuracy RA under {attack} (%)")
+    ax.set_title(title or f"{result['method'].upper()} {result['arch']} on {result['dataset']} "
+                 f"({result['n_images']} test images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def save_result(result: dict, out: str | Path) -> dict[str, Path]:
+    """Writes OUT (.json), OUT with .csv, and OUT with .png; returns the paths."""
+    out = Path(out)
+    base = out.with_suffix("") if out.suffix in (".json", ".csv", ".png") else out
+    paths = {"json": base.with_suffix(".json"), "csv": base.with_suffix(".csv"), "png": base.with_suffix(".png")}
+    atomic_write_json(paths["json"], result)
+    write_csv(result, paths["csv"])
+    plot_tradeoff(result, paths["png"])
+    return paths
+
+
+def load_result(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EvalError(f"{path}: not a floatedge eval result ({exc})") from None
+
+
+__all__ = ["evaluate", "format_table", "save_result", "plot_tradeoff", "load_result", "EvalError", "TrainError"]
