@@ -1,0 +1,420 @@
+"""The deployable bundle: its schema, its checksums, and how the device opens it. Torch-free.
+
+The bundle is the contract between the workstation and the device: the device never sees torch,
+only this. This module is the one place that knows the bundle's layout, so it imports only the
+standard library, numpy and `floatedge.oppoint` (the λ rule) — never torch, never onnx.
+
+Layout (a directory, or the same files in one uncompressed tar, `--tar`)::
+
+    MODEL.febundle/
+        manifest.json        schema, model description, operating-point table, provenance, checksums
+        model_w1.onnx        one runtime-scalable ONNX model per width (`model_filename(width)`)
+        model_w0.75.onnx
+
+`manifest.json` holds the sha256 of every other file (`files`) and a sha256 of itself
+(`manifest_sha256`, over its canonical JSON with that key removed), so a modified, missing or extra
+file — the manifest included — is caught and named. The checksums catch accidents (a truncated copy,
+an edited file), not an attacker, who could recompute them.
+
+Typical device-side use::
+
+    from floatedge.bundle import open_bundle
+    b = open_bundle("model.febundle")          # checks schema version and every checksum
+    op = b.operating_point(0.7, width=0.5)     # validated against the bundle (λ in [0,1], width present)
+    onnx_bytes = b.model_bytes(op.width)       # feed `images` and `lambda_n` to it
+    b.lookup(op)                               # the CA/RA measured at that point, if evaluated
+
+Manifest keys (schema version 1), all required unless marked optional:
+
+* ``format`` = "floatedge-bundle", ``schema_version`` = 1, ``created`` (ISO-8601 UTC)
+* ``architecture``, ``method`` ("float", "floats", "pgdat", "standard"), ``classes`` (list of names)
+* ``input``: ``name`` "images", ``shape`` [C, H, W], ``dtype`` "float32", ``range`` [0, 1],
+  ``layout`` "NCHW", ``mean`` / ``std`` (normalisation done inside the model)
+* ``widths`` (widest first), ``lambda_th`` (the threshold baked into every graph)
+* ``noise``: ``seed``, ``mode``, ``eta_dtype`` ("float32" or "float16")
+* ``alphas``: {layer name: α} (empty for models without noise)
+* ``models``: list of {``width``, ``file``, ``opset``, ``layers``}; ``layers`` lists the conditional
+  layers of that graph: {``name``, ``kind`` ("conv", "linear", "bn"), ``noisy`` / ``dual``}
+* ``operating_points`` (optional, null when exported without ``--eval``): ``source``, ``n_images``,
+  ``attacks`` {name: description}, ``epochs``, ``rows`` [{lambda_n, width, lambda_th, noise_scale,
+  bn, clean_acc, <attack>_acc}]
+* ``provenance``: ``run``, ``checkpoint_sha256``, ``epoch``, ``config``, ``dataset``,
+  ``floatedge_version``, ``git_commit`` (null outside a checkout), ``packages`` {name: version}
+* ``files``: {file name: {``sha256``, ``bytes``}}; ``manifest_sha256``
+
+Graph conventions (what `floatedge.export` writes; see docs/export.md for the full story):
+inputs ``images`` (N×C×H×W float32, dynamic N, pixels in [0, 1]) and ``lambda_n`` (float32 scalar),
+output ``logits`` (N×classes).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from floatedge.oppoint import OperatingPoint, OperatingPointError, check_width
+
+SCHEMA_VERSION = 1
+FORMAT = "floatedge-bundle"
+MANIFEST = "manifest.json"
+SUFFIX = ".febundle"
+
+INPUT = "images"
+LAMBDA = "lambda_n"
+OUTPUT = "logits"
+NOISE_SCALE = "noise_scale"  # tensor names of the λ subgraph's two outputs in every scalable graph
+USE_ADV = "use_adv"
+
+VERIFY_LAMBDAS = (0.0, 0.2, 0.37, 0.5, 0.51, 0.7, 1.0)
+PARITY_TOL = 1e-4
+
+REQUIRED_KEYS = ("format", "schema_version", "architecture", "method", "classes", "input", "widths", "lambda_th",
+                 "noise", "alphas", "models", "provenance", "files", "manifest_sha256")
+_CHUNK = 1 << 20
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used as it is: unreadable, tampered with, or from a newer floatedge."""
+
+
+def model_filename(width: float) -> str:
+    """The ONNX file of one width: `model_w1.onnx`, `model_w0.75.onnx`."""
+    return f"model_w{check_width(width):g}.onnx"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_stream(f: IO[bytes]) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+def _canonical(manifest: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own checksum: edits to the manifest show."""
+    return sha256_bytes(_canonical(manifest))
+
+
+# ------------------------------------------------------------------------------------------ writing
+def write_bundle(out: str | Path, manifest: Mapping[str, Any], files: Mapping[str, bytes], tar: bool = False,
+                 force: bool = False) -> Path:
+    """Write `files` plus the completed manifest to `out`, all at once or not at all.
+
+    The manifest's `files` table and `manifest_sha256` are filled in here, so they always describe what
+    was written. Everything goes to a temporary sibling of `out` first and is renamed into place; a
+    crash leaves at most a `.name.*.tmp` sibling, never a half-written bundle. An existing `out` is
+    refused unless `force`.
+    """
+    out = Path(out)
+    for name in files:
+        if name == MANIFEST or "/" in name or "\\" in name or name.startswith("."):
+            raise BundleError(f"bad bundle file name {name!r}")
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it")
+    if out.exists() and tar != out.is_file():
+        raise BundleError(f"{out} exists and is a {'directory' if out.is_dir() else 'file'}; remove it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    m = dict(manifest)
+    m["files"] = {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in sorted(files.items())}
+    m["manifest_sha256"] = manifest_checksum(m)
+    manifest_bytes = (json.dumps(m, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    everything = {MANIFEST: manifest_bytes, **files}
+    if tar:
+        _write_tar(out, everything)
+    else:
+        _write_dir(out, everything)
+    return out
+
+
+def _write_dir(out: Path, files: Mapping[str, bytes]) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is shared like any directory
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        if out.exists():  # force: move the old bundle aside, then swap; never a moment with a mixed bundle
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.rename(out, old / "bundle")
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_tar(out: Path, files: Mapping[str, bytes]) -> None:
+    from floatedge.fsutil import atomic_write
+
+    def write(f: IO[bytes]) -> None:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for name, data in files.items():  # manifest first: a reader finds it without a scan
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tf.addfile(info, io.BytesIO(data))
+
+    atomic_write(out, write)
+
+
+# ------------------------------------------------------------------------------------------ reading
+@dataclass(frozen=True)
+class FileStatus:
+    """One file's checksum status: "ok", "modified", "missing" or "extra"."""
+
+    name: str
+    status: str
+    expected: str | None = None
+    actual: str | None = None
+    size: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def message(self) -> str:
+        if self.status == "modified":
+            return f"{self.name} failed its checksum: manifest says sha256 {self.expected}, file has {self.actual}"
+        if self.status == "missing":
+            return f"{self.name} is missing (manifest expects sha256 {self.expected})"
+        if self.status == "extra":
+            return f"{self.name} is not listed in the manifest (sha256 {self.actual})"
+        return f"{self.name}: ok"
+
+
+class _Source:
+    """Read files from a bundle directory or a bundle tar, with the same three calls."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tar = path.is_file()
+        self._members: dict[str, tarfile.TarInfo] = {}
+        self._odd: list[str] = []
+        if self.tar:
+            try:
+                with tarfile.open(path, mode="r:*") as tf:
+                    for info in tf.getmembers():
+                        if info.isfile() and "/" not in info.name and not info.name.startswith("."):
+                            self._members[info.name] = info
+                        else:
+                            self._odd.append(info.name)
+            except (tarfile.TarError, OSError) as exc:
+                raise BundleError(f"{path}: not a bundle directory or a readable bundle tar ({exc})") from None
+        elif not path.is_dir():
+            raise BundleError(f"{path}: no such bundle")
+
+    def names(self) -> list[str]:
+        if self.tar:
+            return sorted(self._members) + sorted(self._odd)
+        return sorted(p.name for p in self.path.iterdir())
+
+    def exists(self, name: str) -> bool:
+        return name in self._members if self.tar else (self.path / name).is_file()
+
+    def open(self, name: str) -> IO[bytes]:
+        if self.tar:
+            tf = tarfile.open(self.path, mode="r:*")
+            f = tf.extractfile(self._members[name])
+            assert f is not None
+            return _TarMember(tf, f)
+        return open(self.path / name, "rb")
+
+
+class _TarMember(io.RawIOBase):
+    """A member's file object that closes its tar file with it."""
+
+    def __init__(self, tf: tarfile.TarFile, f: IO[bytes]) -> None:
+        self._tf, self._f = tf, f
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+    def close(self) -> None:
+        self._tf.close()
+        super().close()
+
+
+class Bundle:
+    """An opened bundle: the manifest plus access to its files. Build it with `open_bundle`."""
+
+    def __init__(self, path: Path, source: _Source, manifest: dict) -> None:
+        self.path, self._source, self.manifest = path, source, manifest
+
+    # -- description
+    @property
+    def schema_version(self) -> int:
+        return int(self.manifest["schema_version"])
+
+    @property
+    def architecture(self) -> str:
+        return self.manifest["architecture"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["input"]["shape"])
+
+    @property
+    def widths(self) -> tuple[float, ...]:
+        return tuple(float(w) for w in self.manifest["widths"])
+
+    @property
+    def lambda_th(self) -> float:
+        return float(self.manifest["lambda_th"])
+
+    @property
+    def is_tar(self) -> bool:
+        return self._source.tar
+
+    # -- files
+    def read(self, name: str) -> bytes:
+        if name != MANIFEST and name not in self.manifest["files"]:
+            raise BundleError(f"{self.path}: no file {name!r} in this bundle")
+        if not self._source.exists(name):
+            raise BundleError(f"{self.path}: {name} is missing")
+        with self._source.open(name) as f:
+            return f.read()
+
+    def model_entry(self, width: float) -> dict:
+        """The manifest entry of the model for `width`; OperatingPointError if the bundle lacks it."""
+        w = check_width(width)
+        for entry in self.manifest["models"]:
+            if math.isclose(float(entry["width"]), w, abs_tol=1e-9):
+                return entry
+        have = ", ".join(f"{x:g}" for x in self.widths)
+        raise OperatingPointError(f"width {w:g} is not in this bundle; it has {have}")
+
+    def model_bytes(self, width: float) -> bytes:
+        """The runtime-scalable ONNX model of one width, as bytes (what an ORT session or TRT parser takes)."""
+        return self.read(self.model_entry(width)["file"])
+
+    def check_files(self) -> list[FileStatus]:
+        """Every file's status against the manifest, without raising (what `floatedge inspect` shows)."""
+        listed: dict = self.manifest["files"]
+        out = []
+        for name, meta in sorted(listed.items()):
+            if not self._source.exists(name):
+                out.append(FileStatus(name, "missing", expected=meta["sha256"]))
+                continue
+            with self._source.open(name) as f:
+                digest, size = _sha256_stream(f)
+            status = "ok" if digest == meta["sha256"] else "modified"
+            out.append(FileStatus(name, status, expected=meta["sha256"], actual=digest, size=size))
+        for name in self._source.names():
+            if name != MANIFEST and name not in listed:
+                actual = None
+                if self._source.exists(name):
+                    with self._source.open(name) as f:
+                        actual, _ = _sha256_stream(f)
+                out.append(FileStatus(name, "extra", actual=actual))
+        return out
+
+    def verify_files(self) -> None:
+        """Raise BundleError naming the first file that is modified, missing or extra."""
+        for st in self.check_files():
+            if not st.ok:
+                raise BundleError(f"{self.path}: {st.message()}")
+
+    # -- operating points
+    def operating_point(self, lambda_n: float, width: float | None = None) -> OperatingPoint:
+        """An OperatingPoint this bundle can run: λ_n checked in [0, 1], width present, the bundle's λ_th."""
+        w = self.widths[0] if width is None else width
+        op = OperatingPoint(lambda_n, w, self.lambda_th)
+        self.model_entry(op.width)
+        return op
+
+    def table(self) -> list[dict]:
+        """The operating-point table (CA/RA per λ_n × width), empty if exported without `--eval`."""
+        ops = self.manifest.get("operating_points")
+        return list(ops["rows"]) if ops else []
+
+    def lookup(self, op: OperatingPoint) -> dict | None:
+        """The table row measured for `op`, matched on what it computes (noise scale, BN set, width), so
+        λ_n = 1 under λ_th = 0 answers for λ_n = 1 under λ_th = 0.5; None if not evaluated."""
+        key = op.effective()
+        for row in self.table():
+            if OperatingPoint(row["lambda_n"], row["width"], row["lambda_th"]).effective() == key:
+                return row
+        return None
+
+
+def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Open a bundle directory or tar. Checks the format and schema version always, and with `verify`
+    (the default) every checksum; raises BundleError with one line naming what is wrong."""
+    path = Path(path)
+    source = _Source(path)
+    if not source.exists(MANIFEST):
+        raise BundleError(f"{path}: not a floatedge bundle (no {MANIFEST})")
+    with source.open(MANIFEST) as f:
+        raw = f.read()
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
+    check_manifest(manifest, path)
+    actual = manifest_checksum(manifest)
+    if verify and actual != manifest["manifest_sha256"]:
+        raise BundleError(f"{path}: {MANIFEST} failed its checksum: it records sha256 {manifest['manifest_sha256']}, "
+                          f"its content has {actual}")
+    bundle = Bundle(path, source, manifest)
+    if verify:
+        bundle.verify_files()
+    return bundle
+
+
+def check_manifest(manifest: Any, path: str | Path = "bundle") -> None:
+    """Format, schema version (newer than this code → a clear refusal), then the required keys."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: {MANIFEST} is not a floatedge bundle manifest")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise BundleError(f"{path}: {MANIFEST} has no valid schema_version ({version!r})")
+    if version > SCHEMA_VERSION:
+        raise BundleError(f"{path}: bundle schema version {version} is newer than this floatedge supports "
+                          f"({SCHEMA_VERSION}); upgrade floatedge to read it")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{path}: {MANIFEST} lacks {', '.join(missing)}")
+
+
+def iter_layers(entry: Mapping[str, Any], kind: str | None = None) -> Iterator[dict]:
+    """The conditional layers of one model entry, optionally of one kind ("conv", "linear", "bn")."""
+    for layer in entry["layers"]:
+        if kind is None or layer["kind"] == kind:
+            yield layer
+
+
+__all__ = [
+    "SCHEMA_VERSION", "FORMAT", "MANIFEST", "SUFFIX", "INPUT", "LAMBDA", "OUTPUT", "NOISE_SCALE", "USE_ADV",
+    "VERIFY_LAMBDAS", "PARITY_TOL", "BundleError", "Bundle", "FileStatus", "open_bundle", "write_bundle",
+    "check_manifest", "manifest_checksum", "model_filename", "sha256_bytes", "iter_layers",
+]

@@ -1,0 +1,354 @@
+"""Export a trained run to a bundle: trace the plain network per width, attach the λ machinery, write.
+
+How one width is exported:
+
+1. The model is copied and its conditional layers are swapped for stand-ins that take every weight from
+   a feed (`_Feed`) instead of owning it. Tracing that copy with `torch.onnx.export` (legacy exporter,
+   `dynamo=False`: needs only onnx, and it is deterministic — the same run exports to the same bytes)
+   gives the *base graph*: the plain network whose weights are graph inputs named `conv1.weight`,
+   `bn1.running_mean`, ... . Nothing is folded: BN cannot be fused into a conv whose weight is an input.
+2. `floatedge.export.graph.make_scalable` turns those inputs into tensors computed from `lambda_n`
+   and the stored W, α, η and both BN sets (sliced to the width).
+
+η is the recorded draw (`layer.eta()` after `load_model`), the one evaluation used, sliced to the width
+like W. The threshold baked into the graph is the bundle's λ_th (`--lambda-th`, default 0.5).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import io
+import json
+import math
+import platform
+import subprocess
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from floatedge import __version__
+from floatedge.bundle import (
+    FORMAT,
+    INPUT,
+    OUTPUT,
+    SCHEMA_VERSION,
+    BundleError,
+    model_filename,
+    open_bundle,
+    write_bundle,
+)
+from floatedge.oppoint import DEFAULT_LAMBDA_TH, OperatingPoint, check_lambda_th, parse_widths
+from floatedge.train.layers import DualBatchNorm2d, NoisyConv2d, NoisyLinear, Normalize
+from floatedge.train.models import FloatModel
+from floatedge.train.trainer import CHECKPOINT, TrainConfig, load_checkpoint, load_model
+
+from .graph import BN_PARAMS, BN_SETS, ETA_DTYPES, make_scalable, point_tensor_names
+from .static import freeze
+
+DEFAULT_OPSET = 17
+OPSETS = range(13, 21)  # what the legacy exporter of torch 2.x writes and every ORT ≥ 1.17 reads
+PACKAGES = ("torch", "onnx", "onnxruntime", "numpy", "click")
+
+
+class ExportError(ValueError):
+    """A run that cannot be exported as asked (unfinished, width not trained, mismatched eval file)."""
+
+
+# ----------------------------------------------------------------------------- tracing stand-ins
+class _Feed(dict):
+    """Tensors of the traced forward, by base-graph input name; filled by `_BaseGraph.forward`."""
+
+
+class _ConvIn(nn.Module):
+    def __init__(self, name: str, feed: _Feed, layer: NoisyConv2d) -> None:
+        super().__init__()
+        self.name, self.feed, self.stride, self.padding = name, feed, layer.stride, layer.padding
+        self.has_bias = layer.bias is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.feed[f"{self.name}.bias"] if self.has_bias else None
+        return F.conv2d(x, self.feed[f"{self.name}.weight"], bias, self.stride, self.padding)
+
+
+class _LinearIn(nn.Module):
+    def __init__(self, name: str, feed: _Feed, layer: NoisyLinear) -> None:
+        super().__init__()
+        self.name, self.feed, self.has_bias = name, feed, layer.bias is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.feed[f"{self.name}.bias"] if self.has_bias else None
+        return F.linear(x, self.feed[f"{self.name}.weight"], bias)
+
+
+class _BatchNormIn(nn.Module):
+    def __init__(self, name: str, feed: _Feed, eps: float) -> None:
+        super().__init__()
+        self.name, self.feed, self.eps = name, feed, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f, n = self.feed, self.name
+        return F.batch_norm(x, f[f"{n}.running_mean"], f[f"{n}.running_var"], f[f"{n}.weight"], f[f"{n}.bias"],
+                            False, 0.0, self.eps)
+
+
+class _NormalizeIn(nn.Module):
+    def __init__(self, name: str, feed: _Feed) -> None:
+        super().__init__()
+        self.name, self.feed = name, feed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.feed[f"{self.name}.mean"]) / self.feed[f"{self.name}.std"]
+
+
+class _BaseGraph(nn.Module):
+    def __init__(self, model: nn.Module, feed: _Feed, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model, self.feed, self.names = model, feed, list(names)
+
+    def forward(self, images: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+        self.feed.clear()
+        self.feed.update(zip(self.names, tensors, strict=True))
+        return self.model(images)
+
+
+def _fmt(widths: Sequence[float]) -> str:
+    return ", ".join(f"{w:g}" for w in widths)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().float().numpy().copy()
+
+
+def collect(model: FloatModel, width: float) -> tuple[nn.Module, list[dict], dict[str, np.ndarray], list[str], _Feed]:
+    """A copy of `model` at `width` with stand-in layers, the layer table, the stored arrays (initializer
+    name → value), the base-graph input names (after `images`) and the feed the stand-ins read."""
+    k = model.widths.index(width)
+    twin = copy.deepcopy(model).eval()
+    feed = _Feed()
+    layers: list[dict] = []
+    arrays: dict[str, np.ndarray] = {}
+    extra: list[str] = []
+    with torch.no_grad():
+        for name, m in list(twin.named_modules()):
+            if isinstance(m, (NoisyConv2d, NoisyLinear)):
+                out_c, in_c = m.out_list[k], m.in_list[k]
+                kind = "conv" if isinstance(m, NoisyConv2d) else "linear"
+                layers.append({"name": name, "kind": kind, "noisy": bool(m.noisy), "bias": m.bias is not None})
+                arrays[f"{name}.weight"] = _np(m.weight[:out_c, :in_c])
+                if m.bias is not None:
+                    arrays[f"{name}.bias"] = _np(m.bias[:out_c])
+                if m.noisy:
+                    arrays[f"{name}.alpha"] = _np(m.alpha).reshape(())
+                    arrays[f"{name}.eta"] = _np(m.eta()[:out_c, :in_c])
+                stand_in: nn.Module = _ConvIn(name, feed, m) if kind == "conv" else _LinearIn(name, feed, m)
+            elif isinstance(m, DualBatchNorm2d):
+                sets = list(m.bns[k])
+                eps = {bn.eps for bn in sets}
+                if len(eps) != 1 or not all(bn.affine and bn.track_running_stats for bn in sets):
+                    raise ExportError(f"{name}: BN sets differ in eps or lack affine/running stats")
+                layers.append({"name": name, "kind": "bn", "dual": bool(m.dual)})
+                for s, bn in zip(BN_SETS if m.dual else ("",), sets, strict=True):
+                    for p in BN_PARAMS:
+                        arrays[f"{name}.{s}.{p}" if s else f"{name}.{p}"] = _np(getattr(bn, p))
+                stand_in = _BatchNormIn(name, feed, eps.pop())
+            elif isinstance(m, Normalize):
+                arrays[f"{name}.mean"], arrays[f"{name}.std"] = _np(m.mean), _np(m.std)
+                extra += [f"{name}.mean", f"{name}.std"]
+                stand_in = _NormalizeIn(name, feed)
+            else:
+                continue
+            parent_name, _, child = name.rpartition(".")
+            setattr(twin.get_submodule(parent_name), child, stand_in)
+    return twin, layers, arrays, point_tensor_names(layers) + extra, feed
+
+
+def _trace_values(model: FloatModel, width: float, names: Sequence[str], arrays: dict[str, np.ndarray],
+                  layers: Sequence[dict]) -> list[torch.Tensor]:
+    """Example values for the base-graph inputs (the clean set at s = 0; tracing only needs the shapes)."""
+    dual = {layer["name"] for layer in layers if layer["kind"] == "bn" and layer.get("dual")}
+    out = []
+    for n in names:
+        layer, _, p = n.rpartition(".")
+        key = f"{layer}.clean.{p}" if layer in dual else n
+        out.append(torch.from_numpy(arrays[key]))
+    return out
+
+
+def export_model(model: FloatModel, width: float, input_shape: Sequence[int], lambda_th: float = DEFAULT_LAMBDA_TH,
+                 opset: int = DEFAULT_OPSET, eta_dtype: str = "float32") -> tuple[onnx.ModelProto, list[dict]]:
+    """The runtime-scalable ONNX model of one width and its layer table (for the manifest)."""
+    if width not in model.widths:
+        raise ExportError(f"width {width:g} not trained; the run has widths {_fmt(model.widths)}")
+    if opset not in OPSETS:
+        raise ExportError(f"opset must be between {OPSETS.start} and {OPSETS.stop - 1}, got {opset}")
+    if eta_dtype not in ETA_DTYPES:
+        raise ExportError(f"eta dtype must be one of {', '.join(ETA_DTYPES)}, got {eta_dtype!r}")
+    twin, layers, arrays, names, feed = collect(model, width)
+    left = [n for n, _ in [*twin.named_parameters(), *twin.named_buffers()]]
+    if left:
+        raise ExportError(f"cannot export {type(model).__name__}: {left[0]} belongs to a layer export does not know")
+    wrapper = _BaseGraph(twin, feed, names).eval()
+    example = (torch.rand(2, *input_shape), *_trace_values(model, width, names, arrays, layers))
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning
+        torch.onnx.export(wrapper, example, buf, dynamo=False, export_params=False, opset_version=opset,
+                          input_names=[INPUT, *names], output_names=[OUTPUT], do_constant_folding=True,
+                          dynamic_axes={INPUT: {0: "N"}, OUTPUT: {0: "N"}})
+    base = onnx.load_from_string(buf.getvalue())
+    scalable = make_scalable(base, layers, arrays, lambda_th, eta_dtype)
+    scalable.producer_name, scalable.producer_version = "floatedge", __version__
+    scalable.graph.name = f"{type(model).__name__.lower()}_w{width:g}"
+    scalable.doc_string = (f"floatedge runtime-scalable model, width {width:g}: inputs images (N×C×H×W float32 in "
+                           f"[0,1]) and lambda_n (float32 scalar in [0,1]); output logits. λ_th = {lambda_th:g}.")
+    onnx.helper.set_model_props(scalable, {"floatedge.form": "scalable", "floatedge.width": f"{width:g}",
+                                           "floatedge.lambda_th": f"{lambda_th:g}"})
+    onnx.checker.check_model(scalable)
+    return scalable, layers
+
+
+# ----------------------------------------------------------------------------- the bundle
+@dataclass
+class ExportResult:
+    """What `export_bundle` wrote and what it cost."""
+
+    path: Path
+    seconds: float
+    bundle_bytes: int
+    plain_bytes: int
+    model_bytes: dict[float, int] = field(default_factory=dict)
+    plain_model_bytes: dict[float, int] = field(default_factory=dict)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.bundle_bytes / self.plain_bytes
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_commit() -> dict:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": head, "git_dirty": dirty}
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, widths: Sequence[float]) -> dict:
+    """The manifest's operating-point table from a `floatedge eval` result of this very run."""
+    path = Path(eval_file)
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path}: not a readable floatedge eval result ({exc})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("rows"), list) or "attacks" not in result:
+        raise ExportError(f"{path}: not a floatedge eval result (no rows/attacks)")
+    for key, want in (("method", cfg.method), ("arch", cfg.arch), ("noise_seed", cfg.noise_seed),
+                      ("epochs", int(ckpt["epoch"]))):
+        if key in result and result[key] != want:
+            raise ExportError(f"{path}: evaluates a different run ({key} {result[key]!r}, this run has {want!r})")
+    keep = ("lambda_n", "width", "lambda_th", "noise_scale", "bn", "clean_acc",
+            *(f"{a}_acc" for a in result["attacks"]))
+    rows = [{k: r[k] for k in keep if k in r} for r in result["rows"]
+            if any(math.isclose(float(r["width"]), w) for w in widths)]
+    if not rows:
+        raise ExportError(f"{path}: no rows for the exported widths {_fmt(widths)}")
+    return {"source": path.name, "n_images": result.get("n_images"), "subset_seed": result.get("subset_seed"),
+            "attacks": result["attacks"], "epochs": result.get("epochs"), "rows": rows}
+
+
+def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] | str | None = None,
+                  opset: int = DEFAULT_OPSET, eval_file: str | Path | None = None, tar: bool = False,
+                  lambda_th: float = DEFAULT_LAMBDA_TH, eta_dtype: str = "float32",
+                  force: bool = False) -> ExportResult:
+    """Export the finished run in `run_dir` to the bundle `out` (a directory, or one tar file with `tar`)."""
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir)
+    if not ckpt.get("finished"):
+        raise ExportError(f"{run_dir}: training is not finished (epoch {ckpt.get('epoch')} of "
+                          f"{ckpt.get('config', {}).get('epochs')}); export a finished run")
+    lambda_th = check_lambda_th(lambda_th)
+    out = Path(out)
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it")
+    model, cfg, ckpt = load_model(run_dir)
+    chosen = parse_widths(widths) if widths is not None else model.widths
+    for w in chosen:
+        if w not in model.widths:
+            raise ExportError(f"width {w:g} not trained; {run_dir} has widths {_fmt(model.widths)}")
+    table = operating_point_table(eval_file, cfg, ckpt, chosen) if eval_file else None
+    ds = ckpt["dataset"]
+    files: dict[str, bytes] = {}
+    entries, plain_sizes = [], {}
+    for w in chosen:
+        scalable, layers = export_model(model, w, ds["input_shape"], lambda_th, opset, eta_dtype)
+        name = model_filename(w)
+        files[name] = scalable.SerializeToString()
+        entry = {"width": w, "file": name, "opset": opset, "layers": layers}
+        entries.append(entry)
+        plain_sizes[w] = len(freeze(scalable, entry, OperatingPoint(0.0, w, lambda_th)).SerializeToString())
+    manifest = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "architecture": cfg.arch,
+        "method": cfg.method,
+        "classes": list(ds["classes"]),
+        "input": {"name": INPUT, "shape": list(ds["input_shape"]), "dtype": "float32", "range": [0.0, 1.0],
+                  "layout": "NCHW", "mean": list(ds["mean"]), "std": list(ds["std"])},
+        "widths": list(chosen),
+        "lambda_th": lambda_th,
+        "noise": {"seed": cfg.noise_seed, "mode": cfg.noise_mode, "eta_dtype": eta_dtype},
+        # model.alphas() without its requires_grad warning
+        "alphas": {n.removesuffix(".alpha"): float(p.detach()) for n, p in model.named_parameters()
+                   if n.endswith(".alpha")},
+        "models": entries,
+        "operating_points": table,
+        "provenance": {
+            "run": str(run_dir.resolve()),
+            "checkpoint_sha256": _sha256_file(run_dir / CHECKPOINT),
+            "epoch": int(ckpt["epoch"]),
+            "config": cfg.to_dict(),
+            "dataset": ds,
+            "floatedge_version": __version__,
+            **_git_commit(),
+            "packages": package_versions(),
+        },
+    }
+    path = write_bundle(out, manifest, files, tar=tar, force=force)
+    bundle = open_bundle(path)  # read back what was written: checksums and schema, before anyone relies on it
+    total = path.stat().st_size if tar else sum(f.stat().st_size for f in path.iterdir())
+    return ExportResult(bundle.path, time.perf_counter() - t0, total, sum(plain_sizes.values()),
+                        {w: len(files[model_filename(w)]) for w in chosen}, plain_sizes)
+
