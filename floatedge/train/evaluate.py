@@ -2,7 +2,8 @@
 
 Operating points that compute the same function (same noise scale, BN set and width — e.g. λ_n = 1 under
 both thresholds) are evaluated once and reported under each name. Models without noise or dual BN
-(PGD-AT, standard) have one operating point per width.
+(PGD-AT, standard) have one operating point per width. OAT models take any λ_n in [0, 1] (it reaches the
+FiLM and the BN routing); λ_th does not exist for them and is reported as 0.
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ class EvalError(ValueError):
     pass
 
 
-def accuracy_under(model, attack: str, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> float:
+def accuracy_under(model, attack: str, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+                   eps: float) -> float:
     correct = 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        xa = run_attack(attack, model, xb, yb, seed=seed + i)
+        xa = run_attack(attack, model, xb, yb, seed=seed + i, eps=eps)
         with torch.no_grad():
             correct += int((model(xa).argmax(1) == yb).sum())
     return correct / len(x)
@@ -49,11 +51,14 @@ def evaluate(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    eps: float | None = None,
 ) -> dict:
+    """Evaluate a run at every operating point. ε defaults to the run's training ε (8/255 unless changed)."""
     for a in attacks:
         if a not in ATTACKS or a == "clean":
             raise EvalError(f"unknown attack {a!r}; choose from {', '.join(k for k in ATTACKS if k != 'clean')}")
     model, cfg, ckpt = load_model(run_dir)
+    eps = float(cfg.eps if eps is None else eps)
     dev = resolve_device(device)
     model.to(dev)
     widths = tuple(widths) if widths else model.widths
@@ -69,8 +74,12 @@ def evaluate(
     x, y = to_float(ds.x_test).to(dev), ds.y_test.to(dev)
 
     conditional = cfg.noisy
-    points = [OperatingPoint(lam, w, th) for w in widths for th in lambda_ths for lam in lambdas] if conditional \
-        else [OperatingPoint(0.0, w, 0.0) for w in widths]
+    if cfg.oat:
+        points = [OperatingPoint(lam, w, 0.0) for w in widths for lam in lambdas]
+    elif conditional:
+        points = [OperatingPoint(lam, w, th) for w in widths for th in lambda_ths for lam in lambdas]
+    else:
+        points = [OperatingPoint(0.0, w, 0.0) for w in widths]
     cache: dict[tuple, dict] = {}
     rows = []
     todo = {p.effective() for p in points}
@@ -87,12 +96,13 @@ def evaluate(
             bar.update(1)
             for a in attacks:
                 bar.set_description(f"{a} @ {p}")
-                res[a] = accuracy_under(model, a, x, y, batch_size, seed)
+                res[a] = accuracy_under(model, a, x, y, batch_size, seed, eps)
                 bar.update(1)
             res["seconds"] = time.perf_counter() - t0
             cache[key] = res
         r = cache[key]
-        rows.append({**p.to_dict(), "noise_scale": p.noise_scale, "bn": p.bn_name, "clean_acc": r["clean"],
+        s = p.noise_scale if conditional else 0.0
+        rows.append({**p.to_dict(), "noise_scale": s, "bn": p.bn_name, "clean_acc": r["clean"],
                      **{f"{a}_acc": r[a] for a in attacks}, "seconds": r["seconds"]})
     bar.close()
     return {
@@ -105,7 +115,8 @@ def evaluate(
         "epochs": int(ckpt["epoch"]),
         "n_images": int(len(x)),
         "subset_seed": seed if limit else None,
-        "attacks": {a: ATTACKS[a].description for a in attacks},
+        "eps": eps,
+        "attacks": {a: f"{ATTACKS[a].description}, L∞ ε={eps * 255:.3g}/255" for a in attacks},
         "rows": rows,
     }
 
