@@ -13,19 +13,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from floatedge.oppoint import BN_ADV, BN_CLEAN, OperatingPoint, channels
+from floatedge.oppoint import BN_ADV, BN_CLEAN, OperatingPoint, bn_set, channels
 
-from .layers import DualBatchNorm2d, Normalize, NoisyConv2d, NoisyLinear, _Conditional
+from .film import BNFiLM, FiLM, LambdaEncoder, SplitDualBatchNorm2d, check_lambdas
+from .layers import DualBatchNorm2d, NoisyConv2d, NoisyLinear, Normalize, _Conditional
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """What the conditional layers share: the widths and the FLOAT switches."""
+    """What the conditional layers share: the widths, the FLOAT switches, and OAT's FiLM.
+
+    `film_dim` > 0 makes an OAT model: `bn(c)` is then a dual BN followed by a FiLM whose input is the
+    λ encoding of size `film_dim` (1 = scalar λ); `bn(c, film=False)` is a dual BN alone (OAT puts no
+    FiLM after a shortcut BN or a WRN's final BN).
+    """
 
     widths: tuple[float, ...] = (1.0,)
     noisy: bool = True
     dual: bool = True
     noise_mode: str = "fixed"
+    film_dim: int = 0
+    film_seed: int = 0
+    film_init: str = "identity"
 
     def ch(self, full: int) -> list[int]:
         return [channels(w, full) for w in self.widths]
@@ -34,8 +43,12 @@ class LayerSpec:
         in_list = cin if isinstance(cin, list) else self.ch(cin)
         return NoisyConv2d(in_list, self.ch(cout), k, stride, padding, noisy=self.noisy, noise_mode=self.noise_mode)
 
-    def bn(self, c: int) -> DualBatchNorm2d:
-        return DualBatchNorm2d(self.ch(c), dual=self.dual)
+    def bn(self, c: int, film: bool = True) -> nn.Module:
+        if not self.film_dim:
+            return DualBatchNorm2d(self.ch(c), dual=self.dual)
+        if not film:
+            return SplitDualBatchNorm2d(self.ch(c), dual=self.dual)
+        return BNFiLM(self.ch(c), self.dual, self.film_dim, self.film_init)
 
     def linear(self, cin: int, num_classes: int) -> NoisyLinear:
         return NoisyLinear(self.ch(cin), [num_classes] * len(self.widths), noisy=self.noisy, noise_mode=self.noise_mode)
@@ -49,6 +62,12 @@ class FloatModel(nn.Module):
         self.spec = spec
         self.widths = tuple(spec.widths)
         self.normalize = Normalize(mean, std)
+        if spec.film_dim:
+            self.lambda_encoder = LambdaEncoder(spec.film_dim, spec.film_seed)
+
+    @property
+    def is_oat(self) -> bool:
+        return bool(self.spec.film_dim)
 
     def conditional_layers(self):
         return (m for m in self.modules() if isinstance(m, _Conditional))
@@ -61,9 +80,35 @@ class FloatModel(nn.Module):
         idx = self.widths.index(width)
         for m in self.conditional_layers():
             m.noise_scale, m.bn, m.width_idx = float(noise_scale), int(bn), idx
+            if isinstance(m, SplitDualBatchNorm2d):
+                m.n_clean = None
+
+    def set_lambda(self, lam: float | torch.Tensor, width: float = 1.0, n_clean: int | None = None) -> None:
+        """OAT models: condition every FiLM on λ (one value, or one per sample) and route the dual BNs by λ
+        (λ = 0 → BN_C, λ > 0 → BN_A, i.e. `bn_set(λ, 0)`). With per-sample λ, `n_clean` says how many leading
+        samples go through BN_C (the reference's idx2BN); it defaults to the number of leading zeros."""
+        if not self.is_oat:
+            raise ValueError("set_lambda is for OAT models (built with a FiLM); use set_operating_point")
+        lams = check_lambdas(lam)
+        if n_clean is None:
+            nonzero = (lams > 0).nonzero()
+            n_clean = int(nonzero[0]) if len(nonzero) else len(lams)
+        if lams.numel() == 1:
+            self.set_state(0.0, bn_set(float(lams[0]), 0.0), width)
+        else:
+            self.set_state(0.0, BN_ADV, width)
+        cond = self.lambda_encoder(lams.to(self.lambda_encoder.grid.device))
+        for m in self.conditional_layers():
+            if isinstance(m, FiLM):
+                m.cond = cond
+            elif isinstance(m, SplitDualBatchNorm2d) and lams.numel() > 1:
+                m.n_clean = n_clean
 
     def set_operating_point(self, op: OperatingPoint) -> None:
-        self.set_state(op.noise_scale, op.bn, op.width)
+        if self.is_oat:  # λ_th does not exist for OAT: λ reaches the FiLM and the BN routing
+            self.set_lambda(op.lambda_n, op.width)
+        else:
+            self.set_state(op.noise_scale, op.bn, op.width)
 
     def draw_noise(self, seed: int) -> None:
         """Draw every layer's z from one seed, in module order: the recorded, deployed draw."""
@@ -115,10 +160,15 @@ def create_model(
     noisy: bool = True,
     dual: bool = True,
     noise_mode: str = "fixed",
+    film_dim: int = 0,
+    film_seed: int = 0,
+    film_init: str = "identity",
 ) -> FloatModel:
+    """`film_dim` > 0 builds the OAT form of the architecture (FiLM after the BNs, see `film.py`)."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown architecture {name!r}; choose from {', '.join(list_models())}")
-    spec = LayerSpec(tuple(sorted((float(w) for w in widths), reverse=True)), noisy, dual, noise_mode)
+    spec = LayerSpec(tuple(sorted((float(w) for w in widths), reverse=True)), noisy, dual, noise_mode,
+                     int(film_dim), int(film_seed), film_init)
     return _REGISTRY[name](spec=spec, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
 
 
@@ -156,7 +206,8 @@ class BasicBlock(nn.Module):
         self.shortcut = None
         if stride != 1 or cin != cout:
             # 1×1 projection shortcut (He et al. option B), as the OAT/kuangliu ResNet-34 uses.
-            self.shortcut = nn.Sequential(spec.conv(cin, cout, 1, stride, 0), spec.bn(cout))
+            # No FiLM after the shortcut BN (OAT's resnet_OAT.py).
+            self.shortcut = nn.Sequential(spec.conv(cin, cout, 1, stride, 0), spec.bn(cout, film=False))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -234,7 +285,7 @@ class WideResNet(FloatModel):
             stages.append(nn.Sequential(*[WideBlock(spec, cin if j == 0 else p, p, stride if j == 0 else 1, drop) for j in range(n)]))
             cin = p
         self.layers = nn.Sequential(*stages)
-        self.bn = spec.bn(cin)
+        self.bn = spec.bn(cin, film=False)  # OAT's WRNs have no FiLM on the final BN
         self.fc = spec.linear(cin, num_classes)
 
     def body(self, x):

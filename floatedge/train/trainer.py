@@ -9,6 +9,11 @@ Methods differ in one place, `Objective.loss` (the loss of a batch at one width)
 * ``pgdat``  — PGD-AT at a fixed λ (FLOAT Eq. 3): whole batch attacked, (1−λ)·CE(clean) + λ·CE(adv);
   plain layers (no noise, one BN).
 * ``standard`` — clean cross-entropy, plain layers.
+* ``oat``    — OAT (Wang et al. 2020, reference code): per-sample λ from {0, .1, .2, .3, .4, 1} with
+  ⌈B/6⌉ zeros first, FiLM(λ) after the BNs, dual BN routed by λ, PGD on the λ>0 samples,
+  loss mean of (1−λ)·CE(clean) + λ·CE(adv). See `film.py`.
+* ``oats``   — OATS, the OAT paper's Algorithm 2: one λ sample per batch, then per width (widest first)
+  attack with that width's subnetwork and accumulate the OAT loss; one optimiser step.
 
 Reproducibility: everything random in epoch e (order, augmentation, PGD starts, resampled noise,
 dropout) is seeded from (seed, e), so a run resumed from the checkpoint of epoch e−1 continues exactly.
@@ -35,10 +40,12 @@ from floatedge.oppoint import BN_ADV, BN_CLEAN, check_lambda, parse_widths
 
 from .attacks import EPS, STEP, pgd
 from .data import Dataset, augment_batch, epoch_order, load_dataset, to_float
+from .film import FILM_INITS, sample_lambdas
 from .layers import NOISE_MODES
 from .models import FloatModel, create_model, list_models
 
-METHODS = ("float", "floats", "pgdat", "standard")
+METHODS = ("float", "floats", "pgdat", "standard", "oat", "oats")
+SLIM_METHODS = ("floats", "oats")
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 CHECKPOINT_FORMAT = 1
@@ -72,6 +79,8 @@ class TrainConfig:
     amp: bool = True  # used on CUDA only
     channels_last: bool = True
     threads: int | None = None
+    film_dim: int = 128  # OAT's FiLM input: 128 = the reference's orthogonal encoding, 1 = scalar λ
+    film_init: str = "identity"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,16 +95,25 @@ class TrainConfig:
             self.lam = check_lambda(self.lam, "lambda")
         except ValueError as exc:
             raise TrainError(str(exc)) from None
-        if self.method != "floats" and len(self.widths) > 1:
-            raise TrainError(f"method {self.method} trains one width; use --method floats for {list(self.widths)}")
+        if self.method not in SLIM_METHODS and len(self.widths) > 1:
+            raise TrainError(f"method {self.method} trains one width; "
+                             f"use --method floats or oats for {list(self.widths)}")
+        if self.oat and not 1 <= self.film_dim <= 4096:
+            raise TrainError(f"FiLM input size must be in 1..4096, got {self.film_dim}")
         if self.epochs < 1 or self.batch_size < 2:
             raise TrainError("epochs must be ≥ 1 and batch size ≥ 2")
+        if self.film_init not in FILM_INITS:
+            raise TrainError(f"unknown FiLM init {self.film_init!r}; choose from {', '.join(FILM_INITS)}")
         if self.noise_seed is None:
             self.noise_seed = self.seed + 1
 
     @property
     def noisy(self) -> bool:
         return self.method in ("float", "floats")
+
+    @property
+    def oat(self) -> bool:
+        return self.method in ("oat", "oats")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -117,8 +135,11 @@ def build_model(cfg: TrainConfig, ds_meta: dict) -> FloatModel:
         std=ds_meta["std"],
         widths=cfg.widths,
         noisy=cfg.noisy,
-        dual=cfg.noisy,
+        dual=cfg.noisy or cfg.oat,
         noise_mode=cfg.noise_mode,
+        film_dim=cfg.film_dim if cfg.oat else 0,
+        film_seed=cfg.seed,
+        film_init=cfg.film_init,
     )
     model.draw_noise(cfg.noise_seed)
     return model
@@ -153,8 +174,28 @@ class Objective(nn.Module):
     def attack(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return pgd(self.model, x, y, self.cfg.eps, self.cfg.step_size, self.cfg.pgd_steps, generator=g)
 
+    def oat_lambdas(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """One λ sample per batch, shared by every width of that batch (OATS Algorithm 2): resampled when
+        the trainer hands over a new batch tensor."""
+        if getattr(self, "_lam_batch", None) is not x:
+            self._lam_batch, self._lam = x, sample_lambdas(x.shape[0], g).to(x.device)
+        return self._lam
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, width: float, g: torch.Generator):
         m, cfg = self.model, self.cfg
+        if cfg.oat:
+            lam = self.oat_lambdas(x, g)
+            k = int((lam == 0).sum())  # the zeros come first
+            m.set_lambda(lam, width, n_clean=k)
+            out_c = m(x)
+            loss = ((1 - lam) * F.cross_entropy(out_c, y, reduction="none")).sum()
+            out_a = None
+            if k < x.shape[0]:  # adversarial term only for λ > 0 (reference: efficient=True)
+                m.set_lambda(lam[k:], width, n_clean=0)
+                x_adv = self.attack(x[k:], y[k:], g)
+                out_a = m(x_adv)
+                loss = loss + (lam[k:] * F.cross_entropy(out_a, y[k:], reduction="none")).sum()
+            return loss / x.shape[0], (out_c, y), (None if out_a is None else (out_a, y[k:]))
         if cfg.method in ("float", "floats"):
             h = x.shape[0] // 2
             m.set_state(0.0, BN_CLEAN, width)
@@ -253,8 +294,11 @@ def _accuracy(pair) -> tuple[int, int]:
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
-          dataset: Dataset | None = None) -> Path:
-    """Train `cfg` into run directory `out` (checkpoint.pt, config.json, log.jsonl); returns it."""
+          dataset: Dataset | None = None, until_epoch: int | None = None) -> Path:
+    """Train `cfg` into run directory `out` (checkpoint.pt, config.json, log.jsonl); returns it.
+
+    `until_epoch` stops after that epoch (the schedule still spans `cfg.epochs`), so several runs can be
+    trained interleaved, epoch by epoch, each resumed exactly (`floatedge compare` does this)."""
     run_dir = Path(out)
     device = resolve_device(cfg.device)
     dist_info = init_distributed(device)
@@ -309,7 +353,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     n = len(ds.x_train)
     local_batch = cfg.batch_size // dist_info.world
     steps_per_epoch = max(1, n // cfg.batch_size)
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, min(cfg.epochs, until_epoch or cfg.epochs)):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         g = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
         order = epoch_order(n, cfg.seed, epoch)[dist_info.rank :: dist_info.world]
