@@ -1,0 +1,201 @@
+"""The ONNX Runtime backend: the embedded default.
+
+Two executables per operating point (the `mode`s of `base.Backend`):
+
+* **in-graph** — the bundle's runtime-scalable model, one session per width; λ_n is fed as the
+  `lambda_n` input on every call. Switching λ is free; every call recomputes `W + s·α·η` and selects
+  the BN set, and ORT cannot fold BN into conv or pre-pack weights that are not constants.
+* **materialised** — the static form of the point (`floatedge.export.static`), weights as constants, so
+  ORT fuses conv+BN and pre-packs as for any plain network. A switch builds a session for the new point
+  on the builder thread. The graph of a width is serialized once with its point-dependent initializers
+  marked external, and each point's values are passed from memory with
+  `SessionOptions.add_external_initializers` (OrtApi::AddExternalInitializers, ORT ≥ 1.12: "Replace
+  initialized Tensors with external data with the data provided in initializers … before any of the
+  optimizations take place", https://onnxruntime.ai/docs/api/c/struct_ort_api-members.html). Why: the
+  session constructor parses the model proto while holding the GIL (measured here: a 70 MB model
+  stalled other Python threads for 40–130 ms; the same model with its weights passed this way, 3 ms),
+  and requests in flight during a switch must not stall.
+
+Providers: TensorRT and CUDA execution providers first when this onnxruntime build has them, CPU last
+(edge.md §5; https://onnxruntime.ai/docs/execution-providers/TensorRT-ExecutionProvider.html). Outputs
+come back to host memory as numpy arrays either way, so plain `run()` is used; IOBinding
+(https://onnxruntime.ai/docs/performance/tune-performance/iobinding.html) would only pay off if logits
+stayed on the device.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx.external_data_helper import set_external_data
+
+from floatedge.bundle import INPUT, LAMBDA, OUTPUT, Bundle, open_bundle
+from floatedge.export.static import freeze, point_arrays
+from floatedge.oppoint import OperatingPoint, OperatingPointError
+
+from .base import Backend, InputSpec
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def default_providers() -> list[str]:
+    """The accelerated providers this onnxruntime build has, best first, CPU last."""
+    have = set(ort.get_available_providers())
+    return [p for p in PREFERRED_PROVIDERS if p in have] or ["CPUExecutionProvider"]
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """One place for session settings, so the benchmark's bare session uses exactly these.
+
+    intra-op threads: None → ORT's default (one per physical core). Requests from several Python threads
+    run concurrently on one session (InferenceSession.run is thread-safe and releases the GIL), so
+    inter-op parallelism inside one request is off."""
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
+def equivalent_lambda(point: OperatingPoint, graph_lambda_th: float) -> float:
+    """The λ_n to feed a scalable graph whose λ_th is baked in, so that it computes `point` (which may
+    name another λ_th). Checked against the λ rule itself (`OperatingPoint.effective`)."""
+    if point.lambda_th == graph_lambda_th:
+        return point.lambda_n
+    s, th = point.noise_scale, graph_lambda_th
+    lam = th + s * (1.0 - th) if point.bn else s * th
+    lam = float(np.float32(min(1.0, max(0.0, lam))))
+    got = OperatingPoint(lam, point.width, th)
+    if got.bn != point.bn or abs(got.noise_scale - point.noise_scale) > 1e-6:
+        raise OperatingPointError(f"the in-graph model bakes λ_th={graph_lambda_th:g} and cannot compute {point}; "
+                                  "open the runtime with mode='materialised'")
+    return lam
+
+
+class _InGraph:
+    """A scalable session and the λ_n to feed it."""
+
+    __slots__ = ("session", "lam")
+
+    def __init__(self, session: ort.InferenceSession, lam: float) -> None:
+        self.session, self.lam = session, np.array(lam, dtype=np.float32)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT], {INPUT: images, LAMBDA: self.lam})[0]
+
+    def alive(self) -> bool:
+        return True
+
+
+class _Static:
+    """A session of the static form at one point."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT], {INPUT: images})[0]
+
+    def alive(self) -> bool:
+        return True
+
+
+class _Width:
+    """What one width of the bundle needs, loaded once: the scalable model, its manifest entry, its
+    in-graph session (lazily) and the external-weights template of its static form."""
+
+    def __init__(self, bundle: Bundle, width: float) -> None:
+        self.entry = bundle.model_entry(width)
+        self.data = bundle.model_bytes(width)
+        self.model = onnx.load_from_string(self.data)
+        self.ingraph: ort.InferenceSession | None = None
+        self.template: bytes | None = None
+        self.lock = threading.Lock()
+
+
+class OnnxRuntimeBackend(Backend):
+    """A bundle run by ONNX Runtime. See `floatedge.runtime.open` for the options."""
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle: str | Path | Bundle, *, mode: str = "auto", point: OperatingPoint | None = None,
+                 providers: list[str] | None = None, threads: int | None = None, check_finite: bool = True,
+                 cache_size: int = 8, verify: bool = True) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=verify)
+        super().__init__(self.bundle.widths, self.bundle.lambda_th, cache_size=cache_size)
+        self.providers = list(providers) if providers else default_providers()
+        self.threads = threads
+        self.check_finite = check_finite
+        self._widths: dict[float, _Width] = {}
+        self._widths_lock = threading.Lock()
+        self._start(point or OperatingPoint(0.0, self.widths[0], self.bundle.lambda_th), mode)
+
+    # -- loading
+    def _width(self, width: float) -> _Width:
+        with self._widths_lock:
+            if width not in self._widths:
+                self._widths[width] = _Width(self.bundle, width)
+            return self._widths[width]
+
+    def _session(self, model: bytes, external: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
+        so = session_options(self.threads)
+        if external:
+            names = list(external)
+            so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(external[n]) for n in names])
+        return ort.InferenceSession(model, so, providers=self.providers)
+
+    def _template(self, w: _Width, point: OperatingPoint, values: dict[str, np.ndarray]) -> bytes:
+        """The static graph of a width with the point-dependent initializers marked external (no data)."""
+        with w.lock:
+            if w.template is None:
+                model = freeze(w.model, w.entry, point)
+                for t in model.graph.initializer:
+                    if t.name in values:
+                        set_external_data(t, location="floatedge-point")  # supplied from memory per session
+                        t.ClearField("raw_data")
+                        del t.float_data[:]
+                w.template = model.SerializeToString()
+            return w.template
+
+    # -- the backend hooks
+    def _prepare(self, point: OperatingPoint, mode: str) -> Any:
+        w = self._width(point.width)
+        if mode == "in-graph":
+            lam = equivalent_lambda(point, self.bundle.lambda_th)
+            with w.lock:
+                if w.ingraph is None:
+                    w.ingraph = self._session(w.data)
+            return _InGraph(w.ingraph, lam)
+        values = {k: np.ascontiguousarray(v, dtype=np.float32)
+                  for k, v in point_arrays(w.model, w.entry, point).items()}
+        return _Static(self._session(self._template(w, point, values), values))
+
+    def _input_spec(self) -> InputSpec:
+        c, h, w = self.bundle.input_shape
+        graph_input = next(i for i in self._width(self.widths[0]).model.graph.input if i.name == INPUT)
+        dim = graph_input.type.tensor_type.shape.dim[0]
+        fixed = dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+        return InputSpec(INPUT, int(c), int(h), int(w), max_batch=fixed, min_batch=fixed or 1,
+                         check_finite=self.check_finite)
+
+    def operating_points(self) -> list[dict]:
+        return self.bundle.table()
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update({"bundle": str(self.bundle.path), "architecture": self.bundle.architecture,
+                  "providers": self.providers, "intra_op_threads": self.threads, "onnxruntime": ort.__version__})
+        return d
+
+    def _close(self) -> None:
+        with self._widths_lock:
+            self._widths.clear()
