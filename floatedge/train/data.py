@@ -85,6 +85,9 @@ class SafeUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays under pickle protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # bytes under protocol 2 written by Python 3
     }
 
     def find_class(self, module: str, name: str):
@@ -119,8 +122,8 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(d[label_key], dtype=np.int64)
-    except (KeyError, ValueError) as exc:
-        raise DataError(f"{path}: not a CIFAR batch ({exc})") from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: not a CIFAR batch ({type(exc).__name__}: {exc})") from None
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
     return x, y
