@@ -193,5 +193,16 @@ def quickstart_cmd(out, epochs) -> None:
     click.echo(f"trade-off plot: {paths['png']}")
 
 
+def _register_export_commands() -> None:
+    """export / inspect / verify / static live in floatedge.export.cli (issue 4)."""
+    from floatedge.export.cli import COMMANDS
+
+    for cmd in COMMANDS:
+        main.add_command(cmd)
+
+
+_register_export_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

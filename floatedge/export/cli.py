@@ -1,0 +1,165 @@
+"""`floatedge export | inspect | verify | static`: thin commands over floatedge.export and floatedge.bundle.
+
+`inspect` and `static` need no torch (they run on the device); `export` and `verify --run` import it
+when called.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from floatedge.cli import user_errors
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return str(n)  # pragma: no cover
+
+
+def _widths(ws) -> str:
+    return ", ".join(f"{w:g}" for w in ws)
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", "out", type=click.Path(), required=True, help="Bundle to write (MODEL.febundle).")
+@click.option("--widths", default=None, help="Widths to export, e.g. 1.0,0.5 (default: all trained).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13–20).")
+@click.option("--eval", "eval_file", type=click.Path(), default=None,
+              help="`floatedge eval` result of this run: becomes the operating-point table.")
+@click.option("--lambda-th", type=float, default=0.5, show_default=True, help="λ_th baked into every graph.")
+@click.option("--eta-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage type of η (float16 halves the noise tensors; see docs/export.md for parity).")
+@click.option("--tar", is_flag=True, help="Write one tar file instead of a directory.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@user_errors
+def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, tar, force) -> None:
+    """Export a finished run to a deployable bundle: one runtime-scalable ONNX model per width + manifest."""
+    from floatedge.export.torch_export import export_bundle
+
+    r = export_bundle(run_dir, out, widths, opset, eval_file, tar, lambda_th, eta_dtype, force)
+    click.echo(f"wrote {r.path} ({'tar' if tar else 'directory'}): widths {_widths(r.model_bytes)}, "
+               f"{_size(r.bundle_bytes)} ({r.size_ratio:.2f}× a plain export of the same widths, "
+               f"{_size(r.plain_bytes)}), {r.seconds:.1f} s")
+
+
+@click.command("inspect")
+@click.argument("bundle", type=click.Path())
+@user_errors
+def inspect_cmd(bundle) -> None:
+    """Summarise a bundle: model, widths, operating-point table, files and their checksum status."""
+    from floatedge.bundle import MANIFEST, manifest_checksum, open_bundle
+
+    b = open_bundle(bundle, verify=False)
+    m = b.manifest
+    prov = m["provenance"]
+    click.echo(f"bundle   {b.path} ({'tar' if b.is_tar else 'directory'}), schema {b.schema_version}, "
+               f"created {m.get('created', '?')}")
+    shape = "×".join(str(d) for d in m["input"]["shape"])
+    click.echo(f"model    {m['method']} {m['architecture']}, {len(m['classes'])} classes, input {shape} "
+               f"{m['input']['dtype']} in [{m['input']['range'][0]:g}, {m['input']['range'][1]:g}]")
+    noise = m["noise"]
+    click.echo(f"λ        λ_th {b.lambda_th:g}; noise seed {noise['seed']} ({noise['mode']}), η stored as "
+               f"{noise['eta_dtype']}; {len(m['alphas'])} noisy layers")
+    click.echo(f"widths   {_widths(b.widths)}")
+    git = (prov.get("git_commit") or "?")[:10] + (" dirty" if prov.get("git_dirty") else "")
+    pk = prov.get("packages", {})
+    click.echo(f"source   {prov.get('run')} epoch {prov.get('epoch')}; floatedge {prov.get('floatedge_version')} "
+               f"({git}); torch {pk.get('torch')}, onnx {pk.get('onnx')}")
+    click.echo("files")
+    bad = 0
+    self_ok = manifest_checksum(m) == m["manifest_sha256"]
+    bad += not self_ok
+    click.echo(f"  {MANIFEST:24s} {'':>10s}  {'ok' if self_ok else 'MODIFIED (self-checksum fails)'}")
+    for st in b.check_files():
+        bad += not st.ok
+        click.echo(f"  {st.name:24s} {_size(st.size):>10s}  {'ok' if st.ok else st.status.upper()}")
+    ops = m.get("operating_points")
+    if ops:
+        attacks = list(ops["attacks"])
+        described = ", ".join(f"{a}: {d}" for a, d in ops["attacks"].items())
+        click.echo(f"operating points ({ops['n_images']} images; {described})")
+        head = ["width", "λ_th", "λ_n", "s", "BN", "CA %"] + [f"{a} RA %" for a in attacks]
+        rows = [[f"{r['width']:g}", f"{r['lambda_th']:g}", f"{r['lambda_n']:g}", f"{r['noise_scale']:.2f}", r["bn"],
+                 f"{100 * r['clean_acc']:.2f}"] + [f"{100 * r[a + '_acc']:.2f}" for a in attacks] for r in ops["rows"]]
+        widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+        for row in [head, *rows]:
+            click.echo("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    else:
+        click.echo("operating points: none recorded (export with --eval FILE)")
+    if bad:
+        raise click.ClickException(f"{bad} file(s) fail their checksums; the bundle must not be used")
+
+
+@click.command("verify")
+@click.argument("bundle", type=click.Path())
+@click.option("--run", "run_dir", type=click.Path(), default=None,
+              help="Run directory the bundle came from: adds parity of ONNX Runtime against PyTorch.")
+@click.option("--images", "n_images", type=int, default=8, show_default=True)
+@user_errors
+def verify_cmd(bundle, run_dir, n_images) -> None:
+    """Checksums, onnx.checker, and parity (static vs scalable; ONNX Runtime vs PyTorch with --run)."""
+    from floatedge.export.verify import verify_bundle
+
+    r = verify_bundle(bundle, run_dir, n_images=n_images)
+    click.echo(f"checksums     {sum(st.ok for st in r.files)}/{len(r.files)} files ok (and the manifest)")
+    click.echo("onnx.checker  " + "; ".join(f"width {w:g}: {err or 'ok'}" for w, err in r.checker.items()))
+    click.echo(f"parity        max |Δlogits| over {r.n_images} images, tolerance {r.tol:g}")
+    click.echo(f"  {'width':>5s} {'λ_n':>5s} {'ORT vs torch':>13s} {'static vs ORT':>14s}")
+    for p in r.parity:
+        td = f"{p.torch_delta:.2e}" if p.torch_delta is not None else "-"
+        click.echo(f"  {p.width:5g} {p.lambda_n:5g} {td:>13s} {p.static_delta:14.2e}")
+    if not r.torch_checked:
+        click.echo("  (ONNX Runtime vs PyTorch not checked: pass --run RUN_DIR)")
+    fails = r.failures()
+    if fails:
+        more = f" (+{len(fails) - 1} more)" if len(fails) > 1 else ""
+        raise click.ClickException(f"verify failed: {fails[0]}{more}")
+    click.echo(f"OK: {r.path}")
+
+
+@click.command("static")
+@click.argument("bundle", type=click.Path())
+@click.option("--lambda-n", type=float, required=True, help="Trade-off λ_n in [0, 1].")
+@click.option("--width", type=float, default=None, help="Width (default: the widest in the bundle).")
+@click.option("--lambda-th", type=float, default=None, help="λ_th (default: the bundle's).")
+@click.option("--out", "out", type=click.Path(), default=None, help="Static ONNX model to write.")
+@click.option("--refit", "refit", type=click.Path(), default=None,
+              help="Write the refit weights ({initializer name: array}) as .npz instead of / besides a model.")
+@user_errors
+def static_cmd(bundle, lambda_n, width, lambda_th, out, refit) -> None:
+    """Freeze a bundle model at one operating point: a plain ONNX model (TensorRT < 8.5, DLA) or refit weights."""
+    import io
+
+    import numpy as np
+
+    from floatedge.bundle import open_bundle
+    from floatedge.export.static import refit_weights, static_model
+    from floatedge.fsutil import atomic_write
+    from floatedge.oppoint import OperatingPoint
+
+    if not out and not refit:
+        raise click.UsageError("give --out FILE.onnx, --refit FILE.npz, or both")
+    b = open_bundle(bundle)
+    op = b.operating_point(lambda_n, width)
+    if lambda_th is not None:
+        op = OperatingPoint(op.lambda_n, op.width, lambda_th)
+    if out:
+        data = static_model(b, op).SerializeToString()
+        atomic_write(Path(out), lambda f: f.write(data))
+        click.echo(f"wrote {out}: static model at {op} ({_size(len(data))})")
+    if refit:
+        buf = io.BytesIO()
+        weights = refit_weights(b, op)
+        np.savez(buf, **weights)
+        atomic_write(Path(refit), lambda f: f.write(buf.getvalue()))
+        click.echo(f"wrote {refit}: {len(weights)} refit weights at {op}")
+
+
+COMMANDS = (export_cmd, inspect_cmd, verify_cmd, static_cmd)
