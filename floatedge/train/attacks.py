@@ -39,7 +39,7 @@ def pgd(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Untargeted L∞ PGD (Madry et al.): sign-gradient ascent on CE, projected to the ε-ball and [0,1]."""
-    with eval_mode(model):
+    with eval_mode(model), torch.enable_grad():  # also when called under no_grad (evaluation code)
         x = x.detach()
         if random_start:
             noise = torch.rand(x.shape, generator=generator, device="cpu").to(x) * 2 - 1
