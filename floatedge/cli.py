@@ -204,5 +204,15 @@ def _register_export_commands() -> None:
 _register_export_commands()
 
 
+def _register_runtime_commands() -> None:
+    """bench lives in floatedge.runtime.cli (issue 5)."""
+    from floatedge.runtime.cli import bench_cmd
+
+    main.add_command(bench_cmd)
+
+
+_register_runtime_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

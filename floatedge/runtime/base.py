@@ -14,10 +14,13 @@ A backend implements `_prepare(point, mode) -> Executable`, `_input_spec()`, `op
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol
 
@@ -125,8 +128,7 @@ class Backend:
         self._cache: OrderedDict[tuple, Executable] = OrderedDict()
         self._cache_size = max(1, int(cache_size))
         self._cache_lock = threading.Lock()
-        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="floatedge-switch",
-                                           initializer=_lower_priority)
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="floatedge-switch")
         self._spec: InputSpec | None = None
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -275,7 +277,8 @@ class Backend:
         mode = mode or self.mode
         exe = self._cached(point, mode)
         if exe is None:
-            exe = self._prepare(point, mode)
+            with responsive_gil():
+                exe = self._prepare(point, mode)
             with self._cache_lock:
                 self._cache[self._key(point, mode)] = exe
                 while len(self._cache) > self._cache_size:
@@ -314,12 +317,19 @@ class Backend:
             pass
 
 
-def _lower_priority() -> None:
-    """The builder thread runs at nice 19 (Linux niceness is per thread), so preparing a point takes
-    spare CPU rather than time from requests in flight."""
-    import os
+@contextmanager
+def responsive_gil(interval_s: float = 2e-4) -> Iterator[None]:
+    """Lower the interpreter's GIL switch interval while a point is prepared.
 
+    Preparing runs Python (weights of the point, session set-up) on the builder thread; a request thread
+    that needs the GIL meanwhile waits up to the switch interval (5 ms by default, `sys.setswitchinterval`)
+    before the builder is made to yield — several times a batch-1 latency. At 0.2 ms it yields promptly.
+    The setting is process-wide, so it is restored as soon as the preparation ends. (Lowering the builder's
+    OS priority instead starves it while it holds the GIL: a priority inversion measured at 50–150 ms
+    stalls, see docs/runtime.md.)"""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(min(old, interval_s))
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # not Linux, or not permitted: still correct, just less polite
-        pass
+        yield
+    finally:
+        sys.setswitchinterval(old)

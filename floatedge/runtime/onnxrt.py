@@ -129,12 +129,13 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, bundle: str | Path | Bundle, *, mode: str = "auto", point: OperatingPoint | None = None,
                  providers: list[str] | None = None, threads: int | None = None, check_finite: bool = True,
-                 cache_size: int = 8, verify: bool = True) -> None:
+                 max_batch: int | None = None, cache_size: int = 8, verify: bool = True) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=verify)
         super().__init__(self.bundle.widths, self.bundle.lambda_th, cache_size=cache_size)
         self.providers = list(providers) if providers else default_providers()
         self.threads = threads
         self.check_finite = check_finite
+        self.max_batch = max_batch
         self._widths: dict[float, _Width] = {}
         self._widths_lock = threading.Lock()
         self._start(point or OperatingPoint(0.0, self.widths[0], self.bundle.lambda_th), mode)
@@ -184,7 +185,8 @@ class OnnxRuntimeBackend(Backend):
         graph_input = next(i for i in self._width(self.widths[0]).model.graph.input if i.name == INPUT)
         dim = graph_input.type.tensor_type.shape.dim[0]
         fixed = dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
-        return InputSpec(INPUT, int(c), int(h), int(w), max_batch=fixed, min_batch=fixed or 1,
+        cap = fixed or self.max_batch  # a fixed-batch graph, or the caller's bound on request size
+        return InputSpec(INPUT, int(c), int(h), int(w), max_batch=cap, min_batch=fixed or 1,
                          check_finite=self.check_finite)
 
     def operating_points(self) -> list[dict]:

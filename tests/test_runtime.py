@@ -1,0 +1,413 @@
+"""floatedge.runtime on CPU with the ONNX Runtime backend: parity with the bundle, switching under real
+concurrent inference, every bad input the issue lists, and the runtime without torch. Real bundles (a tiny
+FLOATS model trained for one epoch and exported), real ONNX Runtime sessions, real threads. No timing
+limits here: those belong to `floatedge bench` and docs/RESULTS.md."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import floatedge.runtime as rt
+from floatedge.bundle import PARITY_TOL, VERIFY_LAMBDAS, open_bundle
+from floatedge.cli import main
+from floatedge.export.torch_export import export_bundle
+from floatedge.export.verify import ort_session, parity_images, run_scalable
+from floatedge.oppoint import OperatingPoint, OperatingPointError
+from floatedge.runtime.base import InputSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(floats_run, tmp_path_factory) -> Path:
+    """A tiny FLOATS bundle, widths 1.0/0.75/0.5, λ_th 0.5, 16×16 RGB inputs."""
+    return export_bundle(floats_run, tmp_path_factory.mktemp("rtb") / "floats.febundle").path
+
+
+@pytest.fixture(scope="module")
+def reference(bundle):
+    """The bundle's parity reference: its runtime-scalable model of each width in a bare ORT session fed
+    `lambda_n` (what `floatedge verify` checks against PyTorch), on the verify images."""
+    b = open_bundle(bundle)
+    images = parity_images(b)
+    sessions = {w: ort_session(b.model_bytes(w)) for w in b.widths}
+
+    def logits(point: OperatingPoint, x: np.ndarray = images) -> np.ndarray:
+        assert point.lambda_th == b.lambda_th
+        return run_scalable(sessions[point.width], x, point.lambda_n)
+
+    return b, images, logits
+
+
+def open_rt(bundle, **kw):
+    return rt.open(bundle, threads=1, **kw)
+
+
+# ------------------------------------------------------------------------------------------ parity
+@pytest.mark.parametrize("mode", ["in-graph", "materialised"])
+def test_every_operating_point_equals_the_parity_reference(bundle, reference, mode):
+    b, images, ref = reference
+    with open_rt(bundle, mode=mode) as model:
+        assert model.mode == mode
+        for w in b.widths:
+            for lam in VERIFY_LAMBDAS:
+                point = model.set_operating_point(lambda_n=lam, width=w)
+                assert point == OperatingPoint(lam, w, b.lambda_th) == model.operating_point
+                res = model.run(images)
+                assert res.point == point
+                np.testing.assert_allclose(res.logits, ref(point), atol=PARITY_TOL, rtol=0)
+
+
+def test_parity_with_pytorch(bundle, floats_run, reference):
+    """The runtime against the trained torch model itself, not only against another ONNX session."""
+    import torch
+
+    from floatedge.train.trainer import load_model
+
+    b, images, _ = reference
+    net, _, _ = load_model(floats_run)
+    with open_rt(bundle) as model, torch.no_grad():
+        for w in b.widths:
+            for lam in (0.0, 0.7, 1.0):
+                point = model.set_operating_point(lambda_n=lam, width=w)
+                net.set_operating_point(point)
+                np.testing.assert_allclose(model.infer(images), net(torch.from_numpy(images)).numpy(),
+                                           atol=PARITY_TOL, rtol=0)
+
+
+def test_operating_points_differ(bundle, reference):
+    """The switch is real: λ and width change the logits (else the parity tests would prove little)."""
+    b, images, _ = reference
+    with open_rt(bundle) as model:
+        outs = [model.set_operating_point(lambda_n=lam, width=w) and model.infer(images)
+                for w in b.widths for lam in (0.0, 0.3, 1.0)]
+    for i in range(len(outs)):
+        for j in range(i):
+            assert np.abs(outs[i] - outs[j]).max() > 1e-3
+
+
+def test_another_lambda_th(bundle, reference):
+    """Both modes serve a λ_th other than the one baked into the graph, and agree."""
+    b, images, ref = reference
+    outs = {}
+    for mode in ("in-graph", "materialised"):
+        with open_rt(bundle, mode=mode) as model:
+            point = model.set_operating_point(lambda_n=0.25, width=0.75, lambda_th=0.0)  # BN_A, s = 0.25
+            assert point.lambda_th == 0.0
+            outs[mode] = model.infer(images)
+    np.testing.assert_allclose(outs["in-graph"], outs["materialised"], atol=PARITY_TOL, rtol=0)
+    # λ=0.25 under λ_th=0 computes what λ=0.625 computes under the bundle's λ_th=0.5 (s=0.25, BN_A)
+    np.testing.assert_allclose(outs["materialised"], ref(OperatingPoint(0.625, 0.75, 0.5)), atol=PARITY_TOL, rtol=0)
+
+
+def test_mode_is_chosen_by_measurement_and_said(bundle):
+    with open_rt(bundle) as model:
+        d = model.describe()
+        assert d["mode"] in rt.MODES
+        choice = d["mode_choice"]
+        assert choice["how"] == "measured" and choice["chosen"] == d["mode"]
+        assert set(choice["median_ms"]) == set(rt.MODES)
+        assert choice["median_ms"][d["mode"]] == min(choice["median_ms"].values())
+        assert d["input"] == {"name": "images", "shape": [None, 3, 16, 16], "dtype": "float32"}
+        assert d["providers"][-1] == "CPUExecutionProvider"
+
+
+def test_api_surface(bundle):
+    b = open_bundle(bundle)
+    with open_rt(bundle, point=OperatingPoint(0.2, 0.5, b.lambda_th)) as model:
+        assert model.operating_point == OperatingPoint(0.2, 0.5, b.lambda_th)
+        assert model.operating_points() == b.table()
+        spec = model.input_spec
+        assert (spec.name, spec.channels, spec.height, spec.width, spec.max_batch) == ("images", 3, 16, 16, None)
+        out = model.infer(np.zeros((5, 3, 16, 16), np.float32))
+        assert out.shape == (5, len(b.classes)) and out.dtype == np.float32
+        fut = model.set_operating_point(lambda_n=0.9, wait=False)
+        assert fut.result(timeout=60) == OperatingPoint(0.9, 0.5, b.lambda_th)
+    with pytest.raises(rt.ClosedError, match="closed"):
+        model.infer(np.zeros((1, 3, 16, 16), np.float32))
+    model.close()  # twice is fine
+
+
+def test_switching_back_is_served_from_the_cache(bundle):
+    with open_rt(bundle, mode="materialised") as model:
+        model.set_operating_point(lambda_n=0.7)
+        assert model.last_switch["cached"] is False
+        model.set_operating_point(lambda_n=0.0)
+        assert model.last_switch["cached"] is True  # the start point
+        model.set_operating_point(lambda_n=0.7)
+        assert model.last_switch["cached"] is True
+
+
+def test_points_with_equal_effect_share_one_executable(bundle):
+    """λ=1 under λ_th=0 and λ=1 under λ_th=0.5 compute the same function (OperatingPoint.effective)."""
+    with open_rt(bundle, mode="materialised") as model:
+        model.set_operating_point(lambda_n=1.0)
+        model.set_operating_point(lambda_n=1.0, lambda_th=0.0)
+        assert model.last_switch["cached"] is True
+        assert model.operating_point.lambda_th == 0.0  # but the point reported is the one asked for
+
+
+# ------------------------------------------------------------------------------------------ switching
+@pytest.mark.parametrize("mode", ["in-graph", "materialised"])
+def test_switch_during_concurrent_inference_loses_nothing_and_mixes_nothing(bundle, reference, mode):
+    """4 real client threads infer without pause while λ and width change (cold and cached points,
+    blocking and non-blocking switches). Every request must succeed, and its logits must be exactly
+    those of the operating point it reports — a half-switched model would match neither point."""
+    b, images, ref = reference
+    plan = [OperatingPoint(lam, w, b.lambda_th) for w, lam in
+            [(1.0, 0.7), (0.5, 0.7), (0.5, 0.2), (0.75, 1.0), (1.0, 0.0), (0.5, 0.7), (0.75, 0.4), (1.0, 0.7)]]
+    start = OperatingPoint(0.0, 1.0, b.lambda_th)
+    expected = {p: ref(p) for p in [start, *plan]}
+    inputs = [images[i : i + 2] for i in range(0, 8, 2)]  # each client its own batch of 2
+    records: list[list] = [[] for _ in inputs]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    with open_rt(bundle, mode=mode) as model:
+        def client(k: int) -> None:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    res = model.run(inputs[k])
+                except BaseException as exc:  # noqa: BLE001 - collected and asserted on
+                    errors.append(exc)
+                    return
+                records[k].append((t0, time.perf_counter(), res.point, res.logits))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(len(inputs))]
+        for t in threads:
+            t.start()
+        applied = []
+        try:
+            while not errors and min(len(r) for r in records) < 3:
+                time.sleep(0.01)
+            for i, p in enumerate(plan):
+                if i % 3 == 2:  # some switches without waiting, the next one queued behind them
+                    fut = model.set_operating_point(lambda_n=p.lambda_n, width=p.width, wait=False)
+                    applied.append((p, None))
+                    assert fut.result(timeout=120) == p
+                else:
+                    assert model.set_operating_point(lambda_n=p.lambda_n, width=p.width) == p
+                applied.append((p, time.perf_counter()))
+                n = [len(r) for r in records]
+                # let every client run a couple of requests at p before the next switch
+                while not errors and any(len(r) < k + 2 for r, k in zip(records, n, strict=True)):
+                    time.sleep(0.005)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+
+    assert not errors, errors[:3]
+    seen = set()
+    for k, recs in enumerate(records):
+        rows = np.arange(2 * k, 2 * k + 2)
+        for _, _, point, logits in recs:
+            assert point in expected, point
+            np.testing.assert_allclose(logits, expected[point][rows], atol=PARITY_TOL, rtol=0)
+            seen.add(point)
+    assert seen == set(expected)  # every point was really served
+    # once set_operating_point has returned, requests that start later run at that point (or a later one)
+    for i, (_, t_done) in enumerate(applied):
+        if t_done is None:
+            continue
+        later = {q for q, _ in applied[i:]}
+        for recs in records:
+            for t0, _, point, _ in recs:
+                if t0 > t_done:
+                    assert point in later
+
+
+def test_switches_apply_in_order_and_compose(bundle):
+    """Partial switches queued without waiting compose in call order: width then λ keeps both."""
+    b = open_bundle(bundle)
+    with open_rt(bundle, mode="materialised") as model:
+        futs = [model.set_operating_point(width=0.5, wait=False),
+                model.set_operating_point(lambda_n=0.8, wait=False),
+                model.set_operating_point(width=0.75, wait=False)]
+        got = [f.result(timeout=120) for f in futs]
+        assert got == [OperatingPoint(0.0, 0.5, b.lambda_th), OperatingPoint(0.8, 0.5, b.lambda_th),
+                       OperatingPoint(0.8, 0.75, b.lambda_th)]
+        assert model.operating_point == got[-1]
+
+
+# ------------------------------------------------------------------------------------------ bad input
+GOOD = np.random.default_rng(1).random((2, 3, 16, 16), dtype=np.float32)
+
+
+def _nan():
+    x = GOOD.copy()
+    x[1, 2, 3, 4] = np.nan
+    return x
+
+
+def _inf():
+    x = GOOD.copy()
+    x[0, 0, 0, 0] = -np.inf
+    return x
+
+
+BAD_INPUTS = {
+    "rank 3": (GOOD[0], r"rank 4 \(N×C×H×W\), got shape \(3, 16, 16\)"),
+    "rank 5": (GOOD[None], r"rank 4"),
+    "channels": (np.zeros((2, 1, 16, 16), np.float32), r"3 channels .* got 1"),
+    "channels last": (np.ascontiguousarray(GOOD.transpose(0, 2, 3, 1)), r"3 channels .* got 16"),
+    "size": (np.zeros((2, 3, 32, 32), np.float32), r"16×16 pixels, got 32×32"),
+    "empty batch": (np.zeros((0, 3, 16, 16), np.float32), r"empty batch"),
+    "float64": (GOOD.astype(np.float64), r"float32 .* got float64"),
+    "uint8": ((GOOD * 255).astype(np.uint8), r"float32 .* got uint8"),
+    "big-endian": (GOOD.astype(">f4"), r"float32 \(native byte order\), got >f4"),
+    "list": (GOOD.tolist(), r"numpy.ndarray, got list"),
+    "torch-like object": (object(), r"numpy.ndarray, got object"),
+    "NaN": (_nan(), r"NaN or Inf"),
+    "Inf": (_inf(), r"NaN or Inf"),
+    "non-contiguous": (np.zeros((2, 3, 16, 32), np.float32)[..., ::2], r"C-contiguous"),
+    "fortran order": (np.asfortranarray(GOOD), r"C-contiguous"),
+}
+
+
+@pytest.fixture(scope="module")
+def shared_rt(bundle):
+    with open_rt(bundle, max_batch=4) as model:
+        yield model
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_clear_error_and_the_runtime_stays_usable(shared_rt, reference, case):
+    x, pattern = BAD_INPUTS[case]
+    before = shared_rt.operating_point
+    with pytest.raises(rt.InputError, match=pattern) as info:
+        shared_rt.infer(x)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+    _, images, ref = reference
+    np.testing.assert_allclose(shared_rt.infer(images[:2]), ref(before, images[:2]), atol=PARITY_TOL, rtol=0)
+
+
+def test_batch_larger_than_the_fixed_maximum(shared_rt):
+    with pytest.raises(rt.InputError, match="batch of 5 exceeds this model's maximum batch 4"):
+        shared_rt.infer(np.zeros((5, 3, 16, 16), np.float32))
+    assert shared_rt.infer(np.zeros((4, 3, 16, 16), np.float32)).shape[0] == 4
+
+
+def test_fixed_batch_engine_spec():
+    """A fixed-batch engine (TensorRT profile min=max, or an ONNX graph with N fixed) refuses other sizes."""
+    spec = InputSpec("images", 3, 8, 8, max_batch=4, min_batch=4)
+    spec.check(np.zeros((4, 3, 8, 8), np.float32))
+    with pytest.raises(rt.InputError, match="exceeds"):
+        spec.check(np.zeros((8, 3, 8, 8), np.float32))
+    with pytest.raises(rt.InputError, match="below this model's fixed batch 4"):
+        spec.check(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_finite_check_can_be_turned_off(bundle):
+    with open_rt(bundle, check_finite=False, mode="materialised") as model:
+        out = model.infer(_nan())
+        assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"width": 0.6}, r"width 0.6 is not in this bundle \(widths: 1, 0.75, 0.5\)"),
+    ({"lambda_n": 1.5}, r"lambda_n must be in \[0, 1\]"),
+    ({"lambda_n": float("nan")}, r"lambda_n must be in \[0, 1\]"),
+    ({"lambda_n": -0.1, "width": 0.5}, r"lambda_n must be in \[0, 1\]"),
+    ({"lambda_th": 1.0}, r"lambda_th must be in \[0, 1\)"),
+    ({"width": 0.0}, r"width must be in \(0, 1\]"),
+])
+def test_unknown_operating_point_is_refused_and_nothing_changes(shared_rt, reference, kwargs, pattern):
+    before = shared_rt.operating_point
+    with pytest.raises(OperatingPointError, match=pattern):
+        shared_rt.set_operating_point(**kwargs)
+    assert shared_rt.operating_point == before
+    _, images, ref = reference
+    np.testing.assert_allclose(shared_rt.infer(images[:2]), ref(before, images[:2]), atol=PARITY_TOL, rtol=0)
+
+
+def test_bad_open_arguments(bundle, tmp_path):
+    with pytest.raises(ValueError, match="unknown backend 'onnx'"):
+        rt.open(bundle, backend="onnx")
+    with pytest.raises(ValueError, match="mode must be 'auto' or one of"):
+        rt.open(bundle, mode="fast")
+    with pytest.raises(FileNotFoundError, match="no bundle at"):
+        rt.open(tmp_path / "missing.febundle")
+    with pytest.raises(OperatingPointError, match="width 0.3 is not in this bundle"):
+        rt.open(bundle, point=OperatingPoint(0.0, 0.3))
+
+
+def test_tensorrt_backend_without_tensorrt_says_what_to_do(bundle):
+    pytest.importorskip("onnxruntime")
+    if "tensorrt" in rt.available_backends():
+        pytest.skip("tensorrt is installed here; tests/test_runtime_trt.py covers it")
+    with pytest.raises(ImportError, match="use backend='onnxruntime'"):
+        rt.open(bundle, backend="tensorrt")
+
+
+# ------------------------------------------------------------------------------------------ no torch
+def test_runtime_imports_and_runs_with_torch_hidden(bundle, reference):
+    """A child interpreter where importing torch raises: open the bundle, switch, infer, compare."""
+    b, images, ref = reference
+    want = ref(OperatingPoint(0.7, 0.5, b.lambda_th), images)
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is hidden in this test")
+        sys.meta_path.insert(0, NoTorch())
+        import numpy as np
+        import floatedge.runtime as rt
+        from floatedge.export.verify import parity_images
+        from floatedge.bundle import open_bundle
+        with rt.open({str(bundle)!r}, threads=1) as model:
+            model.set_operating_point(lambda_n=0.7, width=0.5)
+            out = model.infer(parity_images(open_bundle({str(bundle)!r})))
+            print(model.describe()["mode"])
+        np.save(sys.argv[1], out)
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("torch hidden")
+    """)
+    out_file = Path(str(bundle) + ".notorch.npy")
+    proc = subprocess.run([sys.executable, "-c", code, str(out_file)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == ["torch", "hidden"]
+    np.testing.assert_allclose(np.load(out_file), want, atol=PARITY_TOL, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ bench CLI
+def test_bench_cli_writes_json_and_table(bundle, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", str(bundle), "--batches", "1,4", "--lambdas", "0,0.7",
+                                       "--widths", "1,0.5", "--rounds", "2", "--budget", "0", "--clients", "2",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())
+    assert res["backend"] == "onnxruntime"
+    assert {(r["lambda_n"], r["width"], r["batch"]) for r in res["latency"]} == {
+        (lam, w, b) for lam in (0.0, 0.7) for w in (1.0, 0.5) for b in (1, 4)}
+    assert all(r["ratio"] > 0 for r in res["latency"])
+    assert {r["width"] for r in res["overhead"]} == {1.0, 0.5}
+    assert {r["batch"] for r in res["width_ratio"]} == {1, 4}
+    assert {m for r in res["modes"] for m in rt.MODES if m in r} == set(rt.MODES)
+    sw = res["switch"]
+    assert sw["failed"] == 0 and len(sw["switches"]) == 4 and sw["requests"] > 0
+    assert [s["cached"] for s in sw["switches"]] == [False, False, False, True]
+    assert "ratio" in result.output and "switching under load" in result.output
+
+
+def test_bench_cli_bad_bundle_is_one_line(tmp_path):
+    (tmp_path / "x.febundle").mkdir()
+    result = CliRunner().invoke(main, ["bench", str(tmp_path / "x.febundle")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: ")

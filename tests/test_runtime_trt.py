@@ -1,0 +1,240 @@
+"""The TensorRT backend. Its pure-Python parts (version table, engine cache keys, device identity, the
+weights to refit for an operating point, BN folding) run everywhere against real bundles and real ONNX
+Runtime; the engine tests need TensorRT and a GPU and skip with the reason otherwise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from floatedge.bundle import PARITY_TOL, open_bundle
+from floatedge.export.static import refit_weights, static_model
+from floatedge.export.torch_export import export_bundle
+from floatedge.export.verify import ort_session, parity_images, run_scalable
+from floatedge.oppoint import OperatingPoint
+from floatedge.runtime.trt.common import (
+    EngineKey,
+    TrtApi,
+    bn_layers,
+    bn_scale_shift,
+    complete_refit,
+    jetson_identity,
+    parse_version,
+    refit_plan,
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(floats_run, tmp_path_factory) -> Path:
+    return export_bundle(floats_run, tmp_path_factory.mktemp("trtb") / "floats.febundle").path
+
+
+# ------------------------------------------------------------------------------------------ version table
+@pytest.mark.parametrize("version, expect", [
+    ("8.2.1.8", {"supported": False, "tensor_weights_conv": False}),
+    ("8.5.2.2", {"supported": True, "explicit_batch_flag": True, "user_managed_context": "without_device_memory",
+                 "device_memory_size_attr": "device_memory_size", "set_device_memory": "device_memory",
+                 "refit_async": False, "cuda_modules": ("pycuda", "cuda.bindings", "cuda")}),
+    ("8.6.2.3", {"supported": True, "refit_async": False, "cuda_modules": ("cuda", "cuda.bindings", "pycuda")}),
+    ("10.0.1", {"explicit_batch_flag": False, "user_managed_context": "strategy",
+                "device_memory_size_attr": "device_memory_size", "refit_async": True}),
+    ("10.3.0", {"device_memory_size_attr": "device_memory_size_v2", "set_device_memory": "set_device_memory",
+                "weights_validation": True, "cuda_modules": ("cuda", "cuda.bindings", "pycuda")}),
+    ("10.13.3.9", {"cuda_modules": ("cuda.bindings", "cuda", "pycuda")}),
+])
+def test_trt_api_table(version, expect):
+    api = TrtApi.for_version(version)
+    for attr, value in expect.items():
+        assert getattr(api, attr) == value, attr
+
+
+def test_parse_version():
+    assert parse_version("10.3.0.30") == (10, 3, 0)
+    assert parse_version("8.5") == (8, 5, 0)
+    with pytest.raises(ValueError, match="not a TensorRT version"):
+        parse_version("none")
+
+
+# ------------------------------------------------------------------------------------------ cache keys
+BASE = dict(onnx_sha256="ab" * 32, kind="materialised", width=0.5, trt_version="10.3.0", precision="fp16",
+            flags=("refit",), batch=(1, 8, 32), device="p3767-0000", l4t="36.4.3", workspace_mb=256)
+
+
+def test_engine_key_names_what_matters():
+    key = EngineKey(**BASE)
+    name = key.filename()
+    for part in ("w0.5", "materialised", "fp16", "trt10.3.0", "p3767-0000", "l4t36.4.3", ".engine"):
+        assert part in name
+    assert EngineKey(**{**BASE, "flags": ("refit", "refit")}).filename() == name  # flags are a set
+    changed = [("onnx_sha256", "cd" * 32), ("kind", "in-graph"), ("width", 1.0), ("trt_version", "10.3.1"),
+               ("precision", "fp32"), ("flags", ()), ("batch", (1, 8, 64)), ("device", "p3767-0001"),
+               ("l4t", "36.4.4"), ("workspace_mb", 512)]
+    names = {EngineKey(**{**BASE, k: v}).filename() for k, v in changed}
+    assert name not in names and len(names) == len(changed)
+
+
+def test_engine_key_is_safe_as_a_file_name():
+    name = EngineKey(**{**BASE, "device": "Orin (NX) / 16GB", "l4t": ""}).filename()
+    assert "/" not in name and " " not in name and "l4tnone" in name
+
+
+# ------------------------------------------------------------------------------------------ device identity
+def _tree(root: Path, dts: str | None, release: str | None) -> Path:
+    if dts is not None:
+        (root / "proc/device-tree").mkdir(parents=True)
+        (root / "proc/device-tree/nvidia,dtsfilename").write_bytes(dts.encode() + b"\0")
+    if release is not None:
+        (root / "etc").mkdir(parents=True)
+        (root / "etc/nv_tegra_release").write_text(release)
+    return root
+
+
+@pytest.mark.parametrize("dts, release, want", [
+    ("/dvs/git/dirty/git-master_linux/kernel-dts/tegra234-p3767-0000-p3768-0000-a0.dts",
+     "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 2025",
+     {"device": "p3767-0000", "l4t": "36.4.3"}),
+    ("hardware/nvidia/platform/t19x/jakku/kernel-dts/tegra194-p3668-0001-p3509-0000.dts",
+     "# R35 (release), REVISION: 3.1, GCID: 32827747, BOARD: t186ref, EABI: aarch64, DATE: Sun Mar 19 2023",
+     {"device": "p3668-0001", "l4t": "35.3.1"}),
+    ("tegra210-p3448-0000-p3449-0000-b00.dts", "# R32 (release), REVISION: 7.4, GCID: 33514132, BOARD: t210ref",
+     {"device": "p3448-0000", "l4t": "32.7.4"}),
+    (None, None, {"device": "", "l4t": ""}),
+])
+def test_jetson_identity(tmp_path, dts, release, want):
+    assert jetson_identity(_tree(tmp_path, dts, release)) == want
+
+
+# ------------------------------------------------------------------------------------------ refit weights
+def _changing(entry: dict, bn_changes: bool) -> set[str]:
+    names = set()
+    for layer in entry["layers"]:
+        if layer["kind"] == "bn":
+            if bn_changes and layer["dual"]:
+                names |= {f"{layer['name']}.{p}" for p in ("weight", "bias", "running_mean", "running_var")}
+        elif layer["noisy"]:
+            names.add(f"{layer['name']}.weight")
+    return names
+
+
+@pytest.mark.parametrize("a, b, bn_changes", [(0.0, 0.7, True), (0.7, 1.0, False), (0.2, 0.4, False)])
+def test_refit_plan_sends_exactly_what_changes(bundle, a, b, bn_changes):
+    """From point a to point b at one width: the noisy conv/linear weights always, the BN parameters only
+    when the BN set changes — and the refitted values are b's static weights."""
+    bnd = open_bundle(bundle)
+    for w in bnd.widths:
+        pa, pb = OperatingPoint(a, w, bnd.lambda_th), OperatingPoint(b, w, bnd.lambda_th)
+        wa, wb = refit_weights(bnd, pa), refit_weights(bnd, pb)
+        assert set(wa) == set(wb)
+        plan = refit_plan(wb, set(wb), wa)
+        assert set(plan) == _changing(bnd.model_entry(w), bn_changes)
+        for name, arr in plan.items():
+            assert arr.dtype == np.float32 and arr.flags.c_contiguous
+            np.testing.assert_array_equal(arr, wb[name])
+        assert set(refit_plan(wb, set(wb))) == set(wb)  # a fresh engine gets everything
+
+
+def test_refit_plan_only_touches_refittable_names_and_completes_groups(bundle):
+    bnd = open_bundle(bundle)
+    wa = refit_weights(bnd, OperatingPoint(0.0, 1.0, bnd.lambda_th))
+    wb = refit_weights(bnd, OperatingPoint(1.0, 1.0, bnd.lambda_th))
+    conv = next(n for n in wb if n.endswith(".weight") and wb[n].ndim == 4)
+    refittable = {conv, "not.in.the.bundle"}
+    plan = refit_plan(wb, refittable, wa)
+    assert set(plan) == {conv}
+    # TensorRT then asks for the rest of a fused group (get_missing_weights)
+    bn = next(n for n in wb if n.endswith(".running_var"))
+    extra = complete_refit([conv, bn], wb, plan)
+    assert set(extra) == {bn}
+    with pytest.raises(ValueError, match="needs weight 'fused.scale'"):
+        complete_refit(["fused.scale"], wb, plan)
+
+
+def test_refitted_weights_reproduce_the_point(bundle):
+    """The static model of a, with b's refit weights put in, computes b (what a refit must achieve)."""
+    bnd = open_bundle(bundle)
+    images = parity_images(bnd)
+    for w in bnd.widths:
+        pa, pb = OperatingPoint(0.0, w, bnd.lambda_th), OperatingPoint(0.9, w, bnd.lambda_th)
+        model = static_model(bnd, pa)
+        plan = refit_plan(refit_weights(bnd, pb), {t.name for t in model.graph.initializer}, refit_weights(bnd, pa))
+        for t in model.graph.initializer:
+            if t.name in plan:
+                t.CopyFrom(numpy_helper.from_array(plan[t.name], t.name))
+        got = ort_session(model).run(["logits"], {"images": images})[0]
+        want = run_scalable(ort_session(bnd.model_bytes(w)), images, 0.9)
+        np.testing.assert_allclose(got, want, atol=PARITY_TOL, rtol=0)
+
+
+def test_bn_folding_matches_onnx_batchnormalization(bundle):
+    """TensorRT 8.x refits BN as the parser folds it (a Scale layer); the fold must equal ONNX's BN."""
+    bnd = open_bundle(bundle)
+    point = OperatingPoint(0.8, 0.75, bnd.lambda_th)
+    model = static_model(bnd, point)
+    weights = refit_weights(bnd, point)
+    layers = bn_layers(model)
+    assert layers and all(all(n in weights for n in names) for _, names, _ in layers)
+    node, (g, b, m, v), eps = layers[0]
+    c = weights[g].shape[0]
+    x = np.random.default_rng(0).normal(size=(2, c, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], epsilon=eps)], "bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weights[n], k) for n, k in ((g, "g"), (b, "b"), (m, "m"), (v, "v"))])
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    want = ort_session(onnx_model).run(["y"], {"x": x})[0]
+    scale, shift = bn_scale_shift(weights[g], weights[b], weights[m], weights[v], eps)
+    np.testing.assert_allclose(x * scale[:, None, None] + shift[:, None, None], want, atol=1e-5, rtol=1e-5)
+    assert isinstance(node, str) and node
+
+
+def test_no_cuda_binding_is_a_clear_error():
+    from floatedge.runtime.trt.cuda import load_cuda
+
+    try:
+        import cuda  # noqa: F401
+
+        pytest.skip("a CUDA binding is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="cuda-python"):
+        load_cuda(("cuda.bindings", "cuda", "pycuda"))
+
+
+def test_trt_package_imports_without_tensorrt():
+    import floatedge.runtime.trt as trt_pkg
+
+    assert trt_pkg.__doc__
+    with pytest.raises(AttributeError):
+        trt_pkg.NotAThing  # noqa: B018
+
+
+# ------------------------------------------------------------------------------------------ real engines
+@pytest.fixture(scope="module")
+def trt_runtime(bundle, tmp_path_factory):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed here (needs a Jetson or NVIDIA GPU)")
+    import floatedge.runtime as rt
+
+    try:
+        model = rt.open(bundle, backend="tensorrt", mode="materialised", precision="fp32", max_batch=8,
+                        cache_dir=tmp_path_factory.mktemp("engines"))
+    except ImportError as exc:
+        pytest.skip(f"TensorRT present but no CUDA binding: {exc}")
+    yield model
+    model.close()
+
+
+def test_trt_parity_and_refit(trt_runtime, bundle):
+    bnd = open_bundle(bundle)
+    images = parity_images(bnd)
+    for w in bnd.widths:
+        ref = ort_session(bnd.model_bytes(w))
+        for lam in (0.0, 0.7, 1.0):
+            point = trt_runtime.set_operating_point(lambda_n=lam, width=w)
+            res = trt_runtime.run(images)
+            assert res.point == point
+            np.testing.assert_allclose(res.logits, run_scalable(ref, images, lam), atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="exceeds"):
+        trt_runtime.infer(np.zeros((9, *bnd.input_shape), np.float32))
