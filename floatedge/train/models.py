@@ -118,7 +118,7 @@ class FloatModel(nn.Module):
                 m.draw_noise(g)
 
     def alphas(self) -> dict[str, float]:
-        return {n.removesuffix(".alpha"): float(p) for n, p in self.named_parameters() if n.endswith(".alpha")}
+        return {n.removesuffix(".alpha"): float(p.detach()) for n, p in self.named_parameters() if n.endswith(".alpha")}
 
     def plain_parameter_count(self) -> int:
         """Conv and linear weights + biases at full width: what the FLOAT paper's Table 1 counts."""

@@ -263,6 +263,10 @@ def load_checkpoint(run_dir: str | Path) -> dict:
         raise TrainError(f"{path}: not a readable floatedge checkpoint ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainError(f"{path}: not a floatedge checkpoint of format {CHECKPOINT_FORMAT}")
+    missing = [k for k, t in (("config", dict), ("dataset", dict), ("model", dict), ("epoch", int))
+               if not isinstance(ckpt.get(k), t)]
+    if missing:
+        raise TrainError(f"{path}: damaged floatedge checkpoint (missing or bad: {', '.join(missing)})")
     return ckpt
 
 
@@ -310,30 +314,40 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data)
-    if cfg.limit_train:
-        ds = ds.limit(train=cfg.limit_train, seed=cfg.seed)
-    meta = dataset_meta(ds)
-
     start_epoch, ckpt = 0, None
     if resume:
         ckpt = load_checkpoint(run_dir)
         saved = TrainConfig.from_dict(ckpt["config"])
-        if (saved.arch, saved.method, saved.widths) != (cfg.arch, cfg.method, cfg.widths):
-            raise TrainError(f"{run_dir}: checkpoint is {saved.method}/{saved.arch} widths {list(saved.widths)}, "
-                             f"not {cfg.method}/{cfg.arch} widths {list(cfg.widths)}")
-        cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device, threads=cfg.threads)
+        if (saved.arch, saved.method, saved.widths, saved.dataset) != (cfg.arch, cfg.method, cfg.widths, cfg.dataset):
+            raise TrainError(f"{run_dir}: checkpoint is {saved.method}/{saved.arch} widths {list(saved.widths)} "
+                             f"on {saved.dataset}, not {cfg.method}/{cfg.arch} widths {list(cfg.widths)} on {cfg.dataset}")
+        # the data (set, subset) is the checkpoint's; only its location may be given anew
+        cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device, threads=cfg.threads,
+                                  data=cfg.data or saved.data)
         start_epoch = int(ckpt["epoch"])
     elif (run_dir / CHECKPOINT).exists():
         raise TrainError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+
+    ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data)
+    if cfg.limit_train:
+        ds = ds.limit(train=cfg.limit_train, seed=cfg.seed)
+    meta = dataset_meta(ds)
+    if ckpt is not None and (meta["num_classes"], meta["input_shape"]) != \
+            (ckpt["dataset"]["num_classes"], list(ckpt["dataset"]["input_shape"])):
+        raise TrainError(f"{run_dir}: checkpoint was trained on {ckpt['dataset']['name']} "
+                         f"{ckpt['dataset']['input_shape']}, not {ds.name} {meta['input_shape']}")
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, meta)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise TrainError(f"{run_dir}: checkpoint does not match architecture {cfg.arch}: "
+                             f"{str(exc).splitlines()[0]}") from None
         sched.load_state_dict(ckpt["scheduler"])
         sched.T_max = cfg.epochs
     model.to(device)
@@ -417,9 +431,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                 "rng": _rng_state(),
                 "noise_seed": cfg.noise_seed,
             }
-            save_checkpoint(run_dir, state)
+            # log first: a kill between the two writes leaves a line that resume drops (_truncate_log)
             with open(run_dir / LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            save_checkpoint(run_dir, state)
     if dist_info.world > 1:
         import torch.distributed as dist
 
@@ -439,8 +454,16 @@ def _truncate_log(path: Path, epochs: int) -> None:
     """On resume, drop log lines of epochs the checkpoint does not hold (a kill between the two writes)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epochs]
+    keep = [ln for ln in path.read_text().splitlines() if _log_epoch(ln) <= epochs]
     atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def _log_epoch(line: str) -> float:
+    """The epoch of a log line; a blank or half-written line (killed mid-write) counts as none."""
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def _progress(total: int, desc: str, enabled: bool):
