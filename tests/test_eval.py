@@ -1,0 +1,123 @@
+"""evaluate(): operating-point grid, dedupe of identical points, JSON/CSV/PNG output."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import floatedge.train.evaluate as ev
+from floatedge.oppoint import OperatingPoint
+from floatedge.train.evaluate import EvalError, evaluate, format_table, load_result, save_result
+from floatedge.train.trainer import TrainConfig, train
+
+
+@pytest.fixture
+def count_attacks(monkeypatch):
+    """Record the operating point of every attack call (the real attack still runs)."""
+    calls = []
+    real = ev.run_attack
+
+    def counting(name, model, x, y, seed=0, **kw):
+        layer = next(model.conditional_layers())
+        calls.append((name, layer.noise_scale, layer.bn, layer.width_idx))
+        return real(name, model, x, y, seed=seed, **kw)
+
+    monkeypatch.setattr(ev, "run_attack", counting)
+    return calls
+
+
+def test_float_grid_dedupes_identical_points(float_run, count_attacks):
+    res = evaluate(float_run, attacks=["pgd7"], limit=32, batch_size=64, progress=False)
+    rows = res["rows"]
+    assert len(rows) == 8  # 2 thresholds × 4 λ_n
+    # (s, BN) per row, as the paper's two tables say
+    want = {(0.0, 0.0): (0.0, "clean"), (0.0, 0.2): (0.2, "adv"), (0.0, 0.7): (0.7, "adv"), (0.0, 1.0): (1.0, "adv"),
+            (0.5, 0.0): (0.0, "clean"), (0.5, 0.2): (0.4, "clean"), (0.5, 0.7): (0.4, "adv"), (0.5, 1.0): (1.0, "adv")}
+    for r in rows:
+        s, bn = want[r["lambda_th"], r["lambda_n"]]
+        assert r["noise_scale"] == pytest.approx(s) and r["bn"] == bn and r["width"] == 1.0
+        assert 0 <= r["pgd7_acc"] <= r["clean_acc"] + 0.1
+    # λ_n = 0 and λ_n = 1 are the same function under both thresholds: 6 distinct points, 6 attacks
+    assert len(count_attacks) == 6 and len(set(count_attacks)) == 6
+    by = {(r["lambda_th"], r["lambda_n"]): r for r in rows}
+    for lam in (0.0, 1.0):
+        assert by[0.0, lam] == {**by[0.5, lam], "lambda_th": 0.0}
+    assert res["n_images"] == 32 and res["epochs"] == 1 and res["method"] == "float"
+    assert res["eps"] == pytest.approx(8 / 255)
+    assert by[0.0, 0.0]["clean_acc"] > 0.5  # trained on separable synthetic data (4 classes)
+
+
+def test_floats_widths(floats_run, count_attacks):
+    res = evaluate(floats_run, lambdas=(0.0, 1.0), lambda_ths=(0.5,), attacks=["fgsm"], limit=16, progress=False)
+    assert [(r["width"], r["lambda_n"]) for r in res["rows"]] == [
+        (w, lam) for w in (1.0, 0.75, 0.5) for lam in (0.0, 1.0)]
+    assert sorted({c[3] for c in count_attacks}) == [0, 1, 2]
+    res = evaluate(floats_run, lambdas=(1.0,), lambda_ths=(0.0,), widths=(0.5,), attacks=["fgsm"], limit=16,
+                   progress=False)
+    assert [r["width"] for r in res["rows"]] == [0.5]
+    with pytest.raises(EvalError, match=r"width 0.3 not trained; .* has widths \[1.0, 0.75, 0.5\]"):
+        evaluate(floats_run, widths=(0.3,), progress=False)
+
+
+def test_plain_model_has_one_point_per_width(tmp_path, synthetic):
+    cfg = TrainConfig(method="pgdat", arch="tiny", dataset="synthetic", epochs=1, batch_size=64, pgd_steps=1)
+    run = train(cfg, tmp_path / "pgdat", progress=False, dataset=synthetic)
+    res = evaluate(run, attacks=["fgsm"], limit=16, progress=False)
+    assert len(res["rows"]) == 1
+    (row,) = res["rows"]
+    assert (row["lambda_n"], row["noise_scale"], row["bn"]) == (0.0, 0.0, "clean")
+
+
+def test_evaluation_is_deterministic(float_run):
+    kw = dict(lambdas=(0.2,), lambda_ths=(0.5,), attacks=["pgd7"], limit=24, progress=False)
+    a, b = evaluate(float_run, **kw), evaluate(float_run, **kw)
+    strip = lambda res: [{k: v for k, v in r.items() if k != "seconds"} for r in res["rows"]]
+    assert strip(a) == strip(b)
+
+
+def test_save_result_writes_json_csv_png(float_run, tmp_path):
+    res = evaluate(float_run, lambdas=(0.0, 0.7, 1.0), attacks=["fgsm", "pgd7"], limit=16, progress=False)
+    paths = save_result(res, tmp_path / "out" / "result.json")
+    assert {k: p.name for k, p in paths.items()} == {"json": "result.json", "csv": "result.csv", "png": "result.png"}
+    assert json.loads(paths["json"].read_text()) == json.loads(json.dumps(res))
+    assert load_result(paths["json"])["rows"] == res["rows"]
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {"lambda_n", "width", "lambda_th", "clean_acc", "fgsm_acc", "pgd7_acc"} <= set(rows[0])
+    assert [float(r["clean_acc"]) for r in rows] == [r["clean_acc"] for r in res["rows"]]
+    png = paths["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(paths["png"]) as im:
+        assert im.size[0] >= 400 and im.size[1] >= 300
+        assert len(np.unique(np.asarray(im.convert("L")))) > 10  # not a blank canvas
+    table = format_table(res)
+    assert "fgsm RA %" in table and "pgd7 RA %" in table and len(table.splitlines()) == 2 + 6
+
+
+def test_eval_errors(float_run, tmp_path):
+    with pytest.raises(EvalError, match="unknown attack 'cw'"):
+        evaluate(float_run, attacks=["cw"], progress=False)
+    with pytest.raises(EvalError, match="unknown attack 'clean'"):
+        evaluate(float_run, attacks=["clean"], progress=False)
+    with pytest.raises(ValueError, match="lambda_th must be in"):
+        evaluate(float_run, lambda_ths=(1.0,), attacks=["fgsm"], limit=4, progress=False)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(EvalError, match="not a floatedge eval result"):
+        load_result(tmp_path / "bad.json")
+
+
+def test_eval_uses_the_recorded_noise(float_run):
+    """What is evaluated is the deployed draw: two loads give identical logits at s = 1."""
+    from floatedge.train.trainer import load_model
+
+    (m1, _, _), (m2, _, _) = load_model(float_run), load_model(float_run)
+    x = torch.rand(4, 3, 16, 16)
+    for m in (m1, m2):
+        m.set_operating_point(OperatingPoint(1.0))
+    with torch.no_grad():
+        assert torch.equal(m1(x), m2(x))
