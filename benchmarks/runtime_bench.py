@@ -1,0 +1,166 @@
+"""Issue 5 bar for the runtime: ONNX Runtime CPU, ResNet-20 FLOATS bundle (widths 1/0.75/0.5), every ratio
+measured side by side in one run; the switch figure also for ResNet-34. Writes docs/results/runtime_bench.json
+and the `runtime` section of docs/RESULTS.md.
+
+    python benchmarks/runtime_bench.py                      # trains the two small bundles if missing
+    python benchmarks/runtime_bench.py --r20 X.febundle --r34 Y.febundle
+
+Latency does not depend on how well a model is trained, so 1-epoch runs on a few images are valid subjects.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _results import CIFAR10, FIGURES, ROOT, update_section
+
+from floatedge.fsutil import atomic_write_text
+from floatedge.runtime.bench import format_table, run_bench, switch_under_load
+
+BAR_RATIO, BAR_WIDTH, BAR_OVERHEAD, BAR_SLOW, BAR_EFFECT_MS = 1.03, 0.40, 0.05, 2.0, 300.0
+
+
+def ensure_bundle(arch: str, limit: int, out: Path) -> Path:
+    """A FLOATS bundle of `arch` from a 1-epoch run on `limit` CIFAR-10 images (made once, then reused)."""
+    bundle = out.with_suffix(".febundle")
+    if bundle.exists():
+        return bundle
+    run = [sys.executable, "-m", "floatedge"]
+    subprocess.run([*run, "train", "--method", "floats", "--arch", arch, "--dataset", "cifar10", "--data", str(CIFAR10),
+                    "--limit-train", str(limit), "--epochs", "1", "--widths", "1.0,0.75,0.5", "--out", str(out),
+                    "--quiet", "--threads", "1"], check=True)
+    subprocess.run([*run, "export", str(out), "--out", str(bundle)], check=True)
+    return bundle
+
+
+def verdict(ok: bool) -> str:
+    return "**PASS**" if ok else "**FAIL**"
+
+
+def section(r20: dict, r34: dict, wall_s: float) -> str:
+    d = r20["describe"]
+    c = r20["conditions"]
+    lat = r20["latency"]
+    worst = {b: max((r for r in lat if r["batch"] == b), key=lambda r: r["ratio"]) for b in (1, 32)}
+    wr = next(r for r in r20["width_ratio"] if r["batch"] == 32)
+    ov = max(r20["overhead"], key=lambda r: r["overhead"])
+    sw = r20["switch"]
+    cold = list(sw["switches"])
+    max_slow = max(s["inflight_max_over_p50"] or 0 for s in cold)
+    max_eff = max(s["in_effect_ms"] for s in cold)
+    quiet = max(sw["quiet_window_max_over_p50"]) if sw["quiet_window_max_over_p50"] else float("nan")
+    sw34 = r34
+    max_eff34 = max(s["in_effect_ms"] for s in sw34["switches"])
+    lines = [
+        "## Runtime (issue 5): ONNX Runtime CPU, FLOATS ResNet-20 bundle",
+        "",
+        "Written by `benchmarks/runtime_bench.py` (the figures come from `floatedge.runtime.bench`, the same code as "
+        "`floatedge bench`). Raw numbers: `docs/results/runtime_bench.json`.",
+        "",
+        f"Conditions: {c['processor'] or c['machine']}, {c['cpus']} CPUs shared with other engineers' jobs "
+        f"(load average {', '.join(f'{v:.1f}' for v in c['load_avg'] or [])} at the start), ONNX Runtime "
+        f"{d['onnxruntime']} CPU execution provider, {c['intra_op_threads']} intra-op thread per session, "
+        f"{c['rounds']} interleaved rounds per figure at most (≤ {c['budget_s']:g} s each, ≥ 10 rounds), order "
+        f"flipped every round, ratios of medians; whole run {wall_s / 60:.1f} min. Bundles from 1-epoch runs "
+        "(latency does not depend on training).",
+        "",
+        f"Mode chosen by the runtime (measured at open, batch 1): **{d['mode']}** — "
+        + ", ".join(f"{m} {v:.3f} ms" for m, v in d["mode_choice"].get("median_ms", {}).items()) + ".",
+        "",
+        "### The bar",
+        "",
+        "| item | measured | bar | verdict |",
+        "|---|---|---|---|",
+    ]
+    for b in (1, 32):
+        r = worst[b]
+        n = len([x for x in lat if x["batch"] == b])
+        lines.append(f"| latency / plain export of the same width, batch {b} (worst of {n}"
+                     f" points; λ={r['lambda_n']:g}, w={r['width']:g}) | {r['ratio']:.3f} | ≤ {BAR_RATIO} | "
+                     f"{verdict(r['ratio'] <= BAR_RATIO)} |")
+    lines += [
+        f"| latency(width 0.5) / latency(width 1.0), batch 32 | {wr['ratio']:.3f} | ≤ {BAR_WIDTH} | "
+        f"{verdict(wr['ratio'] <= BAR_WIDTH)} |",
+        f"| overhead over bare `InferenceSession.run`, batch 1 (worst width: {ov['width']:g}) | "
+        f"{100 * ov['overhead']:+.1f}% | ≤ {100 * BAR_OVERHEAD:.0f}% | {verdict(ov['overhead'] <= BAR_OVERHEAD)} |",
+        f"| switch under {sw['clients']} client threads: failed requests | {sw['failed']} of {sw['requests']} | 0 | "
+        f"{verdict(sw['failed'] == 0)} |",
+        f"| switch: slowest request in flight / p50 (worst of {len(cold)} switches) | ×{max_slow:.1f} "
+        f"(same statistic in quiet windows without a switch: ×{quiet:.1f}) | ≤ ×{BAR_SLOW:g} | "
+        f"{verdict(max_slow <= BAR_SLOW)} |",
+        f"| switch: new point in effect (worst of {len(cold)}) | {max_eff:.0f} ms | ≤ {BAR_EFFECT_MS:.0f} ms | "
+        f"{verdict(max_eff <= BAR_EFFECT_MS)} |",
+        f"| ResNet-34: new point in effect (worst of {len(sw34['switches'])}) | {max_eff34:.0f} ms | stated | — |",
+        "",
+        "### Latency per operating point (runtime vs the plain export of the same width, side by side)",
+        "",
+        "```",
+        format_table({**r20, "modes": [], "overhead": [], "width_ratio": [], "switch": {}}),
+        "```",
+        "",
+        "### In-graph vs materialised λ_n (same point, side by side; p50 ms)",
+        "",
+        "| width | batch | in-graph | materialised | materialised / in-graph |",
+        "|---|---|---|---|---|",
+    ]
+    for r in r20["modes"]:
+        ig, mat = r["in-graph"]["p50_ms"], r["materialised"]["p50_ms"]
+        lines.append(f"| {r['width']:g} | {r['batch']} | {ig:.3f} | {mat:.3f} | {mat / ig:.2f} |")
+    lines += ["", "### Runtime overhead over a bare `InferenceSession.run` on the same model (batch 1)", "",
+              "| width | runtime p50 ms | bare p50 ms | overhead (p50) | overhead (mean) | input check µs |",
+              "|---|---|---|---|---|---|"]
+    for r in r20["overhead"]:
+        lines.append(f"| {r['width']:g} | {r['runtime']['p50_ms']:.3f} | {r['bare']['p50_ms']:.3f} | "
+                     f"{100 * r['overhead']:+.1f}% | {100 * r['overhead_mean']:+.1f}% | {r['input_check_us']:.1f} |")
+    lines += ["", "### Width 0.5 vs width 1.0 (side by side)", "", "| batch | w=1.0 p50 ms | w=0.5 p50 ms | ratio |",
+              "|---|---|---|---|"]
+    for r in r20["width_ratio"]:
+        lines.append(f"| {r['batch']} | {r['wide_ms']:.3f} | {r['narrow_ms']:.3f} | {r['ratio']:.3f} |")
+    for name, s in (("ResNet-20", sw), ("ResNet-34", sw34)):
+        lines += ["", f"### Switching under load: {name}, {s['clients']} client threads, batch {s['batch']}, "
+                  f"mode {s['mode']}", "",
+                  f"{s['requests']} requests, {s['failed']} failed; p50 without a switch {s['p50_ms']:.2f} ms, "
+                  f"p99 {s['p99_ms']:.2f} ms; slowest request / p50 in quiet windows of the same length: "
+                  + ", ".join(f"×{q:.1f}" for q in s["quiet_window_max_over_p50"]) + ".", "",
+                  "| switch | cached | in effect (call returns) | first result at new point | requests in flight | "
+                  "slowest in flight | slowest / p50 |", "|---|---|---|---|---|---|---|"]
+        for x in s["switches"]:
+            lines.append(f"| {x['label']} | {x['cached']} | {x['in_effect_ms']:.0f} ms | "
+                         f"{x['first_new_result_ms']:.0f} ms | {x['inflight_requests']} | "
+                         f"{x['inflight_max_ms'] or 0:.1f} ms | "
+                         f"×{x['inflight_max_over_p50'] or 0:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--r20", default=None, help="ResNet-20 FLOATS bundle (default: train one under runs/)")
+    ap.add_argument("--r34", default=None, help="ResNet-34 FLOATS bundle (default: train one under runs/)")
+    ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--budget", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    r20 = Path(args.r20) if args.r20 else ensure_bundle("resnet20", 256, ROOT / "runs" / "runtime_bench_r20")
+    r34 = Path(args.r34) if args.r34 else ensure_bundle("resnet34", 64, ROOT / "runs" / "runtime_bench_r34")
+    log = lambda s: print(s, flush=True)
+    res20 = run_bench(str(r20), "onnxruntime", threads=args.threads, rounds=args.rounds, budget_s=args.budget,
+                      clients=4, log=log)
+    print(format_table(res20))
+    res34 = switch_under_load(str(r34), "onnxruntime", clients=4, threads=args.threads, log=log)
+    wall = time.perf_counter() - t0
+    res20["conditions"]["load_avg_end"] = list(os.getloadavg())
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(FIGURES / "runtime_bench.json",
+                      json.dumps({"resnet20": res20, "resnet34_switch": res34}, indent=1, default=str) + "\n")
+    path = update_section("runtime", section(res20, res34, wall))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
