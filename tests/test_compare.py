@@ -105,3 +105,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     (out / "compare_config.json").write_text(json.dumps({**CompareConfig(**TINY).to_dict(), "epochs": 5}))
     with pytest.raises(CompareError, match="epochs=5"):
         compare(CompareConfig(**TINY), out)
+    (out / "compare_config.json").write_text(json.dumps({**CompareConfig(**TINY).to_dict(), "eval_limit": 9}))
+    from floatedge.train.compare import _check_resume
+
+    _check_resume(out, CompareConfig(**TINY))  # evaluation settings may change: only the evaluation is redone

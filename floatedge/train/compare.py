@@ -38,8 +38,9 @@ from .trainer import CHECKPOINT, TrainConfig, load_checkpoint, load_model, read_
 SLIM_WIDTHS = (1.0, 0.5)
 FLOAT_LAMBDA_THS = (0.0, 0.5)
 CONFIG_FILE = "compare_config.json"
-# settings that may change between an interrupted compare and its resume
-_FREE = {"threads", "device"}
+# settings that may change between an interrupted compare and its resume (evaluation is redone when its
+# settings change; training settings must match)
+_FREE = {"threads", "device", "eval_limit", "attacks"}
 
 
 class CompareError(ValueError):
