@@ -20,7 +20,7 @@ from onnx import TensorProto, numpy_helper
 from floatedge.bundle import LAMBDA, MANIFEST, NOISE_SCALE, USE_ADV, VERIFY_LAMBDAS, model_filename, open_bundle
 from floatedge.cli import main
 from floatedge.export.static import plain_model, refit_weights, static_model
-from floatedge.export.torch_export import export_bundle, export_model
+from floatedge.export.torch_export import ExportError, export_bundle, export_model
 from floatedge.export.verify import ort_session, parity_images, run_scalable, verify_bundle
 from floatedge.oppoint import OperatingPoint, bn_set, noise_scale, noise_scale_array
 from floatedge.train.trainer import load_model
@@ -49,7 +49,7 @@ def float_bundle(float_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def floats_bundle(floats_run, tmp_path_factory) -> Path:
-    return export_bundle(floats_run, tmp_path_factory.mktemp("fsb") / "floats.febundle").path
+    return export_bundle(floats_run, tmp_path_factory.mktemp("fsb") / "floats.febundle", eta_dtype="float32").path
 
 
 @pytest.fixture
@@ -225,11 +225,35 @@ def test_float16_eta(float_run, tmp_path):
     etas = [t for t in model.graph.initializer if t.name.endswith(".eta")]
     assert etas and all(t.data_type == TensorProto.FLOAT16 for t in etas)
     assert b.manifest["noise"]["eta_dtype"] == "float16"
-    full = export_bundle(float_run, tmp_path / "f.febundle")
+    full = export_bundle(float_run, tmp_path / "f.febundle", eta_dtype="float32")
     assert r.bundle_bytes < full.bundle_bytes
     report = verify_bundle(r.path, float_run, lambdas=(0.0, 1.0))
     assert report.max_delta("static") <= 1e-4  # the static form upcasts exactly as the graph does
     assert report.parity[0].torch_delta <= 1e-6  # λ_n = 0 never touches η
+
+
+def _scaled_alpha_run(float_run: Path, tmp_path: Path, factor: float) -> Path:
+    run = tmp_path / f"run_alpha_x{factor:g}"
+    shutil.copytree(float_run, run)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    for k in ckpt["model"]:
+        if k.endswith(".alpha"):
+            ckpt["model"][k] = ckpt["model"][k] * factor
+    torch.save(ckpt, run / "checkpoint.pt")
+    return run
+
+
+def test_auto_eta_dtype_keeps_float16_only_while_parity_holds(float_bundle, float_run, tmp_path):
+    m = open_bundle(float_bundle).manifest  # exported with the CLI default, auto
+    assert m["noise"]["eta_dtype"] == "float16"
+    assert 0 < m["provenance"]["export_parity"]["max_abs_delta_logits"] <= 1e-4
+    loud = _scaled_alpha_run(float_run, tmp_path, 10.0)  # α × 10: float16 rounding of η shows in the logits
+    with pytest.raises(ExportError, match="float16 breaks parity"):
+        export_bundle(loud, tmp_path / "h.febundle", eta_dtype="float16")
+    assert not (tmp_path / "h.febundle").exists()
+    r = export_bundle(loud, tmp_path / "a.febundle")
+    assert r.eta_dtype == "float32" and r.parity <= 1e-4
+    assert verify_bundle(r.path, loud).ok
 
 
 def test_tar_bundle(float_run, tmp_path):

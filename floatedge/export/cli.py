@@ -34,8 +34,8 @@ def _widths(ws) -> str:
 @click.option("--eval", "eval_file", type=click.Path(), default=None,
               help="`floatedge eval` result of this run: becomes the operating-point table.")
 @click.option("--lambda-th", type=float, default=0.5, show_default=True, help="λ_th baked into every graph.")
-@click.option("--eta-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="Storage type of η (float16 halves the noise tensors; see docs/export.md for parity).")
+@click.option("--eta-dtype", type=click.Choice(["auto", "float16", "float32"]), default="auto", show_default=True,
+              help="Storage type of η; auto = float16 if ONNX Runtime still matches PyTorch within 1e-4, else float32.")
 @click.option("--tar", is_flag=True, help="Write one tar file instead of a directory.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @user_errors
@@ -46,7 +46,7 @@ def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, tar
     r = export_bundle(run_dir, out, widths, opset, eval_file, tar, lambda_th, eta_dtype, force)
     click.echo(f"wrote {r.path} ({'tar' if tar else 'directory'}): widths {_widths(r.model_bytes)}, "
                f"{_size(r.bundle_bytes)} ({r.size_ratio:.2f}× a plain export of the same widths, "
-               f"{_size(r.plain_bytes)}), {r.seconds:.1f} s")
+               f"{_size(r.plain_bytes)}); η {r.eta_dtype}, max |Δlogits| vs PyTorch {r.parity:.1e}; {r.seconds:.1f} s")
 
 
 @click.command("inspect")

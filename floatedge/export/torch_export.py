@@ -41,7 +41,9 @@ from floatedge.bundle import (
     FORMAT,
     INPUT,
     OUTPUT,
+    PARITY_TOL,
     SCHEMA_VERSION,
+    VERIFY_LAMBDAS,
     BundleError,
     model_filename,
     open_bundle,
@@ -184,15 +186,23 @@ def _trace_values(model: FloatModel, width: float, names: Sequence[str], arrays:
     return out
 
 
-def export_model(model: FloatModel, width: float, input_shape: Sequence[int], lambda_th: float = DEFAULT_LAMBDA_TH,
-                 opset: int = DEFAULT_OPSET, eta_dtype: str = "float32") -> tuple[onnx.ModelProto, list[dict]]:
-    """The runtime-scalable ONNX model of one width and its layer table (for the manifest)."""
+@dataclass
+class Traced:
+    """One width traced to its base graph, with what `make_scalable` needs to finish it."""
+
+    width: float
+    base: onnx.ModelProto
+    layers: list[dict]
+    arrays: dict[str, np.ndarray]
+    graph_name: str
+
+
+def trace_width(model: FloatModel, width: float, input_shape: Sequence[int], opset: int = DEFAULT_OPSET) -> Traced:
+    """Trace the plain network of one width: weights as named graph inputs (see the module docstring)."""
     if width not in model.widths:
         raise ExportError(f"width {width:g} not trained; the run has widths {_fmt(model.widths)}")
     if opset not in OPSETS:
         raise ExportError(f"opset must be between {OPSETS.start} and {OPSETS.stop - 1}, got {opset}")
-    if eta_dtype not in ETA_DTYPES:
-        raise ExportError(f"eta dtype must be one of {', '.join(ETA_DTYPES)}, got {eta_dtype!r}")
     twin, layers, arrays, names, feed = collect(model, width)
     left = [n for n, _ in [*twin.named_parameters(), *twin.named_buffers()]]
     if left:
@@ -205,16 +215,62 @@ def export_model(model: FloatModel, width: float, input_shape: Sequence[int], la
         torch.onnx.export(wrapper, example, buf, dynamo=False, export_params=False, opset_version=opset,
                           input_names=[INPUT, *names], output_names=[OUTPUT], do_constant_folding=True,
                           dynamic_axes={INPUT: {0: "N"}, OUTPUT: {0: "N"}})
-    base = onnx.load_from_string(buf.getvalue())
-    scalable = make_scalable(base, layers, arrays, lambda_th, eta_dtype)
+    return Traced(width, onnx.load_from_string(buf.getvalue()), layers, arrays,
+                  f"{type(model).__name__.lower()}_w{width:g}")
+
+
+def finish(traced: Traced, lambda_th: float = DEFAULT_LAMBDA_TH, eta_dtype: str = "float32") -> onnx.ModelProto:
+    """The runtime-scalable model of a traced width, η stored as `eta_dtype`."""
+    if eta_dtype not in ETA_DTYPES:
+        raise ExportError(f"eta dtype must be one of {', '.join(ETA_DTYPES)}, got {eta_dtype!r}")
+    w = traced.width
+    scalable = make_scalable(traced.base, traced.layers, traced.arrays, lambda_th, eta_dtype)
     scalable.producer_name, scalable.producer_version = "floatedge", __version__
-    scalable.graph.name = f"{type(model).__name__.lower()}_w{width:g}"
-    scalable.doc_string = (f"floatedge runtime-scalable model, width {width:g}: inputs images (N×C×H×W float32 in "
+    scalable.graph.name = traced.graph_name
+    scalable.doc_string = (f"floatedge runtime-scalable model, width {w:g}: inputs images (N×C×H×W float32 in "
                            f"[0,1]) and lambda_n (float32 scalar in [0,1]); output logits. λ_th = {lambda_th:g}.")
-    onnx.helper.set_model_props(scalable, {"floatedge.form": "scalable", "floatedge.width": f"{width:g}",
+    onnx.helper.set_model_props(scalable, {"floatedge.form": "scalable", "floatedge.width": f"{w:g}",
                                            "floatedge.lambda_th": f"{lambda_th:g}"})
     onnx.checker.check_model(scalable)
-    return scalable, layers
+    return scalable
+
+
+def export_model(model: FloatModel, width: float, input_shape: Sequence[int], lambda_th: float = DEFAULT_LAMBDA_TH,
+                 opset: int = DEFAULT_OPSET, eta_dtype: str = "float32") -> tuple[onnx.ModelProto, list[dict]]:
+    """The runtime-scalable ONNX model of one width and its layer table (for the manifest)."""
+    traced = trace_width(model, width, input_shape, opset)
+    return finish(traced, lambda_th, eta_dtype), traced.layers
+
+
+Reference = dict[tuple[float, float], np.ndarray]  # (width, λ_n) → logits
+
+
+def torch_reference(model: FloatModel, widths: Sequence[float], lambda_th: float, input_shape: Sequence[int],
+                    lambdas: Sequence[float] = VERIFY_LAMBDAS) -> tuple[np.ndarray, Reference]:
+    """PyTorch logits at `lambdas` × `widths` on the images `floatedge verify` uses: (images, {(w, λ): logits})."""
+    from .verify import images_for
+
+    x = images_for(input_shape)
+    out = {}
+    with torch.no_grad():
+        for w in widths:
+            for lam in lambdas:
+                model.set_operating_point(OperatingPoint(lam, w, lambda_th))
+                out[(w, lam)] = model(torch.from_numpy(x)).numpy()
+    return x, out
+
+
+def ort_parity(scalable: dict[float, onnx.ModelProto], images: np.ndarray, reference: Reference) -> float:
+    """max |Δlogits| of ONNX Runtime on the scalable models against `reference` (from `torch_reference`)."""
+    from .verify import ort_session, run_scalable
+
+    worst = 0.0
+    for w, proto in scalable.items():
+        sess = ort_session(proto)
+        for (rw, lam), want in reference.items():
+            if rw == w:
+                worst = max(worst, float(np.abs(run_scalable(sess, images, lam) - want).max()))
+    return worst
 
 
 # ----------------------------------------------------------------------------- the bundle
@@ -228,6 +284,8 @@ class ExportResult:
     plain_bytes: int
     model_bytes: dict[float, int] = field(default_factory=dict)
     plain_model_bytes: dict[float, int] = field(default_factory=dict)
+    eta_dtype: str = "float32"
+    parity: float = 0.0  # max |Δlogits|, ONNX Runtime vs PyTorch, measured before writing
 
     @property
     def size_ratio(self) -> float:
@@ -289,9 +347,15 @@ def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, w
 
 def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] | str | None = None,
                   opset: int = DEFAULT_OPSET, eval_file: str | Path | None = None, tar: bool = False,
-                  lambda_th: float = DEFAULT_LAMBDA_TH, eta_dtype: str = "float32",
+                  lambda_th: float = DEFAULT_LAMBDA_TH, eta_dtype: str = "auto",
                   force: bool = False) -> ExportResult:
-    """Export the finished run in `run_dir` to the bundle `out` (a directory, or one tar file with `tar`)."""
+    """Export the finished run in `run_dir` to the bundle `out` (a directory, or one tar file with `tar`).
+
+    `eta_dtype` "auto" stores η as float16 when ONNX Runtime still matches PyTorch within PARITY_TOL at
+    every λ_n of VERIFY_LAMBDAS and every width (measured here, before writing), else as float32; an
+    explicit dtype that breaks parity is an ExportError. So `floatedge verify --run` passes on any bundle
+    this writes.
+    """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
@@ -309,15 +373,26 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
             raise ExportError(f"width {w:g} not trained; {run_dir} has widths {_fmt(model.widths)}")
     table = operating_point_table(eval_file, cfg, ckpt, chosen) if eval_file else None
     ds = ckpt["dataset"]
+    traced = {w: trace_width(model, w, ds["input_shape"], opset) for w in chosen}
+    noisy = any(layer.get("noisy") for t in traced.values() for layer in t.layers)
+    candidates = ["float16", "float32"] if eta_dtype == "auto" else [eta_dtype]
+    images, reference = torch_reference(model, chosen, lambda_th, ds["input_shape"])
+    for dtype in candidates if noisy else ["float32"]:
+        scalable = {w: finish(t, lambda_th, dtype) for w, t in traced.items()}
+        parity = ort_parity(scalable, images, reference)
+        if parity <= PARITY_TOL:
+            break
+    else:
+        raise ExportError(f"η as {dtype} breaks parity with PyTorch (max |Δlogits| {parity:.3g} > {PARITY_TOL:g})"
+                          + ("; use --eta-dtype float32 or auto" if dtype == "float16" else ""))
     files: dict[str, bytes] = {}
     entries, plain_sizes = [], {}
-    for w in chosen:
-        scalable, layers = export_model(model, w, ds["input_shape"], lambda_th, opset, eta_dtype)
+    for w, proto in scalable.items():
         name = model_filename(w)
-        files[name] = scalable.SerializeToString()
-        entry = {"width": w, "file": name, "opset": opset, "layers": layers}
+        files[name] = proto.SerializeToString()
+        entry = {"width": w, "file": name, "opset": opset, "layers": traced[w].layers}
         entries.append(entry)
-        plain_sizes[w] = len(freeze(scalable, entry, OperatingPoint(0.0, w, lambda_th)).SerializeToString())
+        plain_sizes[w] = len(freeze(proto, entry, OperatingPoint(0.0, w, lambda_th)).SerializeToString())
     manifest = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -329,7 +404,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
                   "layout": "NCHW", "mean": list(ds["mean"]), "std": list(ds["std"])},
         "widths": list(chosen),
         "lambda_th": lambda_th,
-        "noise": {"seed": cfg.noise_seed, "mode": cfg.noise_mode, "eta_dtype": eta_dtype},
+        "noise": {"seed": cfg.noise_seed, "mode": cfg.noise_mode, "eta_dtype": dtype},
         # model.alphas() without its requires_grad warning
         "alphas": {n.removesuffix(".alpha"): float(p.detach()) for n, p in model.named_parameters()
                    if n.endswith(".alpha")},
@@ -344,11 +419,14 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
             "floatedge_version": __version__,
             **_git_commit(),
             "packages": package_versions(),
+            # checked before writing: ONNX Runtime vs PyTorch, the images and λ_n `floatedge verify` uses
+            "export_parity": {"max_abs_delta_logits": parity, "tolerance": PARITY_TOL, "lambdas": list(VERIFY_LAMBDAS),
+                              "widths": list(chosen)},
         },
     }
     path = write_bundle(out, manifest, files, tar=tar, force=force)
     bundle = open_bundle(path)  # read back what was written: checksums and schema, before anyone relies on it
     total = path.stat().st_size if tar else sum(f.stat().st_size for f in path.iterdir())
     return ExportResult(bundle.path, time.perf_counter() - t0, total, sum(plain_sizes.values()),
-                        {w: len(files[model_filename(w)]) for w in chosen}, plain_sizes)
+                        {w: len(files[model_filename(w)]) for w in chosen}, plain_sizes, dtype, parity)
 

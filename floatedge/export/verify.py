@@ -91,8 +91,13 @@ def run_scalable(session, images: np.ndarray, lambda_n: float) -> np.ndarray:
     return session.run([OUTPUT], {INPUT: images, LAMBDA: np.array(lambda_n, dtype=np.float32)})[0]
 
 
+def images_for(input_shape: Sequence[int], n: int = 8, seed: int = 0) -> np.ndarray:
+    """The parity images: seeded uniform noise in [0, 1), N×C×H×W float32 (export and verify use the same)."""
+    return np.random.default_rng(seed).random((n, *input_shape), dtype=np.float32)
+
+
 def parity_images(bundle: Bundle, n: int = 8, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, *bundle.input_shape), dtype=np.float32)
+    return images_for(bundle.input_shape, n, seed)
 
 
 def _checker(model: onnx.ModelProto) -> str | None:
