@@ -110,12 +110,20 @@ def eval_cmd(run_dir, lambdas, lambda_ths, widths, attacks, limit, data_path, ba
     from floatedge.oppoint import parse_lambdas, parse_widths
     from floatedge.train.evaluate import evaluate, format_table, save_result
 
-    ths = tuple(float(t) for t in lambda_ths.split(",") if t.strip())
+    from floatedge.fsutil import check_writable_dir
+    from floatedge.oppoint import check_lambda_th
+
+    try:
+        ths = tuple(check_lambda_th(float(t)) for t in lambda_ths.split(",") if t.strip())
+    except ValueError as exc:
+        raise click.ClickException(f"bad --lambda-ths {lambda_ths!r}: {exc}") from None
+    out = Path(out) if out else Path(run_dir) / "eval.json"
+    if Path(run_dir).is_dir():  # a missing run is reported by evaluate; fail on the output before the work
+        check_writable_dir(out.parent)
     result = evaluate(run_dir, parse_lambdas(lambdas), ths, parse_widths(widths) if widths else None,
                       [a.strip() for a in attacks.split(",") if a.strip()], limit, data_path, batch_size, seed,
                       device, progress=not quiet)
     click.echo(format_table(result))
-    out = Path(out) if out else Path(run_dir) / "eval.json"
     paths = save_result(result, out)
     click.echo(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
 

@@ -43,6 +43,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def check_writable_dir(path: str | Path) -> Path:
     """Create `path` if needed and prove we can write there, or raise OSError with one clear line."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OSError(f"output directory {path} is not writable: it is a file")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".probe.")

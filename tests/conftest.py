@@ -1,8 +1,10 @@
 """Shared fixtures: small real things (a CIFAR-10 slice, a tiny trained run), built once per session."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,3 +55,51 @@ def float_run(tmp_path_factory, synthetic) -> Path:
 def floats_run(tmp_path_factory, synthetic) -> Path:
     """A tiny FLOATS model (widths 1.0, 0.75, 0.5) trained for one epoch on synthetic data."""
     return _train_tiny(tmp_path_factory, "floats", (1.0, 0.75, 0.5), synthetic)
+
+
+def write_cifar10(root: Path, per_batch: int = 6, seed: int = 0, protocol: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A small CIFAR-10 in the official layout: data_batch_1..5, test_batch, batches.meta; bytes keys,
+    (N, 3072) uint8 rows (1024 R, 1024 G, 1024 B), labels a list. Returns all images and labels in file order."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    xs, ys = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        y = [int(v) for v in rng.integers(0, 10, per_batch)]
+        blob = {b"batch_label": name.encode(), b"labels": y, b"data": x,
+                b"filenames": [f"img{i}.png".encode() for i in range(per_batch)]}
+        (root / name).write_bytes(pickle.dumps(blob, protocol=protocol))
+        xs.append(x)
+        ys.append(np.array(y))
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    meta = {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072}
+    (root / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@pytest.fixture(name="write_cifar10")
+def _write_cifar10_fixture():
+    """The writer above, for tests that need a small CIFAR-10 directory."""
+    return write_cifar10
+
+
+class Hostile:
+    """Unpickling an instance runs os.system(cmd): what a hostile data file or checkpoint would do."""
+
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.cmd,))
+
+
+@pytest.fixture
+def hostile_pickle():
+    """hostile_pickle(sentinel_path, wrap) → pickle bytes that would `touch` the sentinel when loaded."""
+
+    def make(sentinel: Path, wrap=lambda evil: {b"data": evil}) -> bytes:
+        return pickle.dumps(wrap(Hostile(f"touch {sentinel}")))
+
+    return make

@@ -1,7 +1,6 @@
 """Data loaders on small files written in the official formats, the safe unpickler, and the real CIFAR-10."""
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -31,37 +30,9 @@ def _dump(path: Path, obj, protocol: int = 2) -> None:
     path.write_bytes(pickle.dumps(obj, protocol=protocol))
 
 
-def write_cifar10(root: Path, per_batch: int = 6, seed: int = 0, protocol: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """data_batch_1..5, test_batch, batches.meta: bytes keys, (N, 3072) uint8 rows R|G|B, labels list."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    xs, ys = [], []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        y = [int(v) for v in rng.integers(0, 10, per_batch)]
-        _dump(root / name, {b"batch_label": name.encode(), b"labels": y, b"data": x,
-                            b"filenames": [f"img{i}.png".encode() for i in range(per_batch)]}, protocol)
-        xs.append(x)
-        ys.append(np.array(y))
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    _dump(root / "batches.meta", {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072},
-          protocol)
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-class _Evil:
-    """Unpickling this runs os.system(cmd): what a hostile data file would do."""
-
-    def __init__(self, cmd: str) -> None:
-        self.cmd = cmd
-
-    def __reduce__(self):
-        return (os.system, (self.cmd,))
-
-
 # ---------------------------------------------------------------- CIFAR
 @pytest.mark.parametrize("protocol", [2, 4, 5])
-def test_cifar10_layout(tmp_path, protocol):
+def test_cifar10_layout(tmp_path, protocol, write_cifar10):
     """Python 3 writes the same layout differently per pickle protocol (2: bytes via _codecs.encode,
     5: arrays via _frombuffer); all are legitimate CIFAR files."""
     x, y = write_cifar10(tmp_path / "c10", protocol=protocol)
@@ -101,11 +72,11 @@ def test_cifar100_missing_file(tmp_path):
         load_cifar100(tmp_path)
 
 
-def test_hostile_pickle_is_refused_and_nothing_runs(tmp_path):
+def test_hostile_pickle_is_refused_and_nothing_runs(tmp_path, write_cifar10, hostile_pickle):
     root = tmp_path / "c10"
     write_cifar10(root)
     sentinel = tmp_path / "pwned"
-    _dump(root / "data_batch_3", {b"labels": [0], b"data": _Evil(f"touch {sentinel}")})
+    (root / "data_batch_3").write_bytes(hostile_pickle(sentinel, lambda evil: {b"labels": [0], b"data": evil}))
     # the payload is real: a plain pickle.load would run it
     assert b"system" in (root / "data_batch_3").read_bytes()
     with pytest.raises(DataError, match=r"data_batch_3: refusing to unpickle (posix|os|nt)\.system"):
@@ -113,14 +84,11 @@ def test_hostile_pickle_is_refused_and_nothing_runs(tmp_path):
     assert not sentinel.exists()
 
 
-@pytest.mark.parametrize("payload", [
-    lambda s: {b"data": _Evil(f"touch {s}")},
-    lambda s: [_Evil(f"touch {s}")],
-])
-def test_safe_unpickler_refuses_any_foreign_global(tmp_path, payload):
+@pytest.mark.parametrize("wrap", [lambda evil: {b"data": evil}, lambda evil: [evil]])
+def test_safe_unpickler_refuses_any_foreign_global(tmp_path, wrap, hostile_pickle):
     sentinel = tmp_path / "pwned"
     path = tmp_path / "batch"
-    _dump(path, payload(sentinel))
+    path.write_bytes(hostile_pickle(sentinel, wrap))
     with pytest.raises(DataError, match="refusing to unpickle"):
         safe_load_pickle(path)
     assert not sentinel.exists()
@@ -141,7 +109,7 @@ def test_safe_unpickler_refuses_any_foreign_global(tmp_path, payload):
     (lambda good: pickle.dumps({b"data": None, b"labels": [0]}), "not a CIFAR batch"),
     (lambda good: pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}), "2 images but 1 labels"),
 ])
-def test_corrupted_cifar_batch(tmp_path, content, match):
+def test_corrupted_cifar_batch(tmp_path, content, match, write_cifar10):
     root = tmp_path / "c10"
     write_cifar10(root)
     good = (root / "test_batch").read_bytes()
@@ -150,7 +118,7 @@ def test_corrupted_cifar_batch(tmp_path, content, match):
         load_cifar10(root)
 
 
-def test_cifar10_missing_files(tmp_path):
+def test_cifar10_missing_files(tmp_path, write_cifar10):
     with pytest.raises(DataError, match="is not a directory"):
         load_cifar10(tmp_path / "nowhere")
     root = tmp_path / "c10"
@@ -294,7 +262,7 @@ def test_synthetic_is_seeded_and_separable():
     assert not torch.equal(a.x_train, load_synthetic(seed=1).x_train)
 
 
-def test_load_dataset_dispatch(tmp_path):
+def test_load_dataset_dispatch(tmp_path, write_cifar10):
     with pytest.raises(DataError, match="unknown dataset 'mnist'; choose from cifar10"):
         load_dataset("mnist")
     with pytest.raises(DataError, match="dataset svhn needs --data PATH"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -393,24 +392,16 @@ def test_checkpoint_of_another_architecture(tmp_path, float_run):
         train(_cfg(epochs=2), tmp_path / "bad", resume=True, progress=False)
 
 
-class _Evil:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
-
-
 @pytest.mark.parametrize("content,msg", [
     (b"not a checkpoint", "not a readable floatedge checkpoint"),
     (None, "not a readable floatedge checkpoint"),  # hostile pickle
     ("list", "not a floatedge checkpoint of format"),
     ("nokeys", "damaged floatedge checkpoint \\(missing or bad: config, dataset, model, epoch\\)"),
 ])
-def test_unreadable_checkpoints(tmp_path, content, msg):
+def test_unreadable_checkpoints(tmp_path, content, msg, hostile_pickle):
     path = tmp_path / CHECKPOINT
     if content is None:
-        path.write_bytes(pickle.dumps({"format": 1, "x": _Evil(tmp_path / "pwned")}))
+        path.write_bytes(hostile_pickle(tmp_path / "pwned", lambda evil: {"format": 1, "x": evil}))
     elif content == "list":
         torch.save([1, 2], path)
     elif content == "nokeys":

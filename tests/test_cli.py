@@ -1,0 +1,253 @@
+"""The `floatedge` command: every bad-input path gives one clear error line, a non-zero exit, no traceback,
+and leaves what was already written untouched. Most cases run through click's CliRunner; a few run as
+real processes to check the exit code and stderr as a shell sees them."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from floatedge.cli import main
+from floatedge.train.trainer import CHECKPOINT, TrainConfig, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles: str, code: int = 1) -> str:
+    """Exit `code` by a clean SystemExit (not an escaped exception), one `Error:` line naming the problem."""
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    if code == 1:
+        assert lines == errors, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def snapshot(path: Path) -> dict:
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def run_copy(float_run, tmp_path) -> Path:
+    """A private copy of the tiny trained FLOAT run (the session fixture must stay pristine)."""
+    dst = tmp_path / "run"
+    shutil.copytree(float_run, dst)
+    return dst
+
+
+TINY = ["--arch", "tiny", "--epochs", "1", "--batch-size", "32", "--pgd-steps", "1", "--quiet"]
+
+
+# ---------------------------------------------------------------- train: bad input
+@pytest.mark.parametrize("args,needles", [
+    (["--arch", "vgg11", "--dataset", "synthetic"], ["unknown architecture 'vgg11'", "resnet20"]),
+    (["--arch", "tiny", "--dataset", "mnist"], ["unknown dataset 'mnist'", "cifar10"]),
+    (["--arch", "tiny", "--method", "floats", "--widths", "1,1.5"], ["bad widths '1,1.5'", "(0, 1]"]),
+    (["--arch", "tiny", "--method", "floats", "--widths", "1,0"], ["bad widths", "(0, 1]"]),
+    (["--arch", "tiny", "--method", "floats", "--widths", "1,-0.5"], ["bad widths", "(0, 1]"]),
+    (["--arch", "tiny", "--method", "pgdat", "--lambda", "1.5"], ["lambda must be in [0, 1], got 1.5"]),
+    (["--arch", "tiny", "--method", "pgdat", "--lambda", "-0.2"], ["lambda must be in [0, 1]"]),
+    (["--arch", "tiny", "--method", "float", "--widths", "1,0.5"], ["trains one width"]),
+    (["--arch", "tiny", "--epochs", "0"], ["epochs must be"]),
+    (["--arch", "tiny", "--dataset", "svhn"], ["dataset svhn needs --data PATH"]),
+])
+def test_train_bad_flags(tmp_path, args, needles):
+    result = run_cli("train", *args, "--out", tmp_path / "out")
+    assert_one_line_error(result, *needles)
+    assert not (tmp_path / "out" / CHECKPOINT).exists()
+
+
+def test_train_unknown_method_is_a_usage_error(tmp_path):
+    result = run_cli("train", "--method", "adamw", "--out", tmp_path / "o")
+    assert_one_line_error(result, "Invalid value for '--method'", "'adamw'", code=2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_data_path_without_the_files(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "data_batch_1").write_bytes(b"")
+    result = run_cli("train", *TINY, "--data", tmp_path / "data", "--out", tmp_path / "o")
+    assert_one_line_error(result, "cifar10:", str(tmp_path / "data"), "lacks data_batch_2")
+    result = run_cli("train", *TINY, "--data", tmp_path / "nowhere", "--out", tmp_path / "o")
+    assert_one_line_error(result, "is not a directory")
+
+
+def test_train_corrupted_pickle(tmp_path, write_cifar10):
+    write_cifar10(tmp_path / "data")
+    blob = (tmp_path / "data" / "data_batch_2").read_bytes()
+    (tmp_path / "data" / "data_batch_2").write_bytes(blob[:100])
+    result = run_cli("train", *TINY, "--data", tmp_path / "data", "--out", tmp_path / "o")
+    assert_one_line_error(result, "data_batch_2: not a readable pickle")
+
+
+def test_train_hostile_pickle_runs_nothing(tmp_path, write_cifar10, hostile_pickle):
+    write_cifar10(tmp_path / "data")
+    sentinel = tmp_path / "pwned"
+    (tmp_path / "data" / "data_batch_1").write_bytes(hostile_pickle(sentinel))
+    result = run_cli("train", *TINY, "--data", tmp_path / "data", "--out", tmp_path / "o")
+    assert_one_line_error(result, "data_batch_1: refusing to unpickle", "system")
+    assert not sentinel.exists()
+
+
+def test_train_unwritable_output(tmp_path):
+    (tmp_path / "file").write_text("keep me")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        result = run_cli("train", *TINY, "--dataset", "synthetic", "--out", out)
+        assert_one_line_error(result, "output directory", "is not writable")
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_train_into_an_existing_run_damages_nothing(run_copy):
+    before = snapshot(run_copy)
+    result = run_cli("train", *TINY, "--dataset", "synthetic", "--out", run_copy)
+    assert_one_line_error(result, "already holds a run", "--resume")
+    # a checkpoint of another architecture / method / widths / data set
+    for extra, needle in ((["--arch", "resnet20"], "not float/resnet20"),  # the last --arch wins
+                          (["--method", "floats", "--widths", "1,0.5"], "not floats/tiny widths [1.0, 0.5]"),
+                          (["--dataset", "digits"], "on digits")):
+        result = run_cli("train", *TINY, "--dataset", "synthetic", *extra, "--out", run_copy, "--resume",
+                         "--epochs", "2")
+        assert_one_line_error(result, "checkpoint is float/tiny widths [1.0] on synthetic", needle)
+    assert snapshot(run_copy) == before
+
+
+def test_train_resume_without_checkpoint(tmp_path):
+    result = run_cli("train", *TINY, "--dataset", "synthetic", "--out", tmp_path / "empty", "--resume")
+    assert_one_line_error(result, "no checkpoint (checkpoint.pt) found")
+
+
+# ---------------------------------------------------------------- eval: bad input
+def test_eval_bad_input(run_copy, tmp_path):
+    before = snapshot(run_copy)
+    cases = [
+        (["--attacks", "cw"], ["unknown attack 'cw'"]),
+        (["--widths", "0.5"], ["width 0.5 not trained"]),
+        (["--widths", "2"], ["bad widths '2'"]),
+        (["--lambdas", "0,1.5"], ["bad lambdas", "[0, 1]"]),
+        (["--lambda-ths", "abc"], ["bad --lambda-ths 'abc'"]),
+        (["--lambda-ths", "1"], ["bad --lambda-ths '1'", "[0, 1)"]),
+    ]
+    for args, needles in cases:
+        assert_one_line_error(run_cli("eval", run_copy, "--limit", "4", "--quiet", *args), *needles)
+    (tmp_path / "file").write_text("x")
+    result = run_cli("eval", run_copy, "--limit", "4", "--attacks", "fgsm", "--quiet",
+                     "--out", tmp_path / "file" / "e.json")
+    assert_one_line_error(result, "is not writable")
+    assert snapshot(run_copy) == before
+    assert_one_line_error(run_cli("eval", tmp_path / "nothing"), "no checkpoint")
+
+
+def test_eval_checkpoint_of_another_architecture(run_copy):
+    ckpt = torch.load(run_copy / CHECKPOINT, weights_only=True)
+    cfg = TrainConfig(method="float", arch="resnet20", dataset="synthetic")
+    ckpt["model"] = build_model(cfg, ckpt["dataset"]).state_dict()
+    torch.save(ckpt, run_copy / CHECKPOINT)
+    before = snapshot(run_copy)
+    assert_one_line_error(run_cli("eval", run_copy, "--quiet"), "checkpoint does not match architecture tiny")
+    assert_one_line_error(run_cli("train", *TINY, "--dataset", "synthetic", "--epochs", "2", "--resume", "--out",
+                                  run_copy), "does not match architecture tiny")
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("kind", ["garbage", "hostile", "truncated"])
+def test_eval_unreadable_checkpoint(run_copy, tmp_path, kind, hostile_pickle):
+    sentinel = tmp_path / "pwned"
+    path = run_copy / CHECKPOINT
+    if kind == "garbage":
+        path.write_bytes(b"\x00" * 64)
+    elif kind == "hostile":
+        path.write_bytes(hostile_pickle(sentinel, lambda evil: {"format": 1, "model": evil}))
+    else:
+        path.write_bytes(path.read_bytes()[:1000])
+    assert_one_line_error(run_cli("eval", run_copy, "--quiet"), "not a readable floatedge checkpoint")
+    assert not sentinel.exists()
+
+
+# ---------------------------------------------------------------- working paths
+def test_models_lists_registry_with_counts():
+    result = run_cli("models")
+    assert result.exit_code == 0, result.output
+    rows = {ln.split()[0]: ln.split() for ln in result.output.splitlines()[1:]}
+    assert {"tiny", "resnet20", "resnet34", "wrn16_8", "wrn40_2"} <= set(rows)
+    assert float(rows["resnet34"][1]) == pytest.approx(21.28, abs=0.005)  # plain, millions
+    assert float(rows["resnet34"][2]) > float(rows["resnet34"][1])  # FLOAT adds α and BN_A
+    assert float(rows["resnet20"][1]) == pytest.approx(0.272, abs=0.001)
+
+
+def test_train_then_eval_on_a_tiny_run(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", *TINY, "--dataset", "synthetic", "--method", "floats", "--widths", "1,0.5", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "trained floats tiny on synthetic: epoch 1" in result.output
+    result = run_cli("eval", out, "--limit", "16", "--attacks", "fgsm", "--lambdas", "0,1", "--lambda-ths", "0.5",
+                     "--quiet", "--out", tmp_path / "res" / "e.json")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:3] == ["width", "λ_th", "λ_n"] and len(lines) == 2 + 4 + 1
+    assert lines[-1].startswith("wrote ")
+    assert all((tmp_path / "res" / f"e.{s}").exists() for s in ("json", "csv", "png"))
+    # default output next to the run
+    result = run_cli("eval", out, "--limit", "8", "--attacks", "fgsm", "--lambdas", "1", "--quiet")
+    assert result.exit_code == 0 and (out / "eval.json").exists()
+    # and resume to a longer schedule continues from epoch 1
+    result = run_cli("train", *TINY, "--dataset", "synthetic", "--method", "floats", "--widths", "1,0.5", "--out", out,
+                     "--resume", "--epochs", "2")
+    assert result.exit_code == 0 and "epoch 2" in result.output, result.output
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.exit_code == 0 and "floatedge" in result.output
+
+
+# ---------------------------------------------------------------- real processes
+def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "floatedge", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+def test_python_m_floatedge_help():
+    done = _run("--help")
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout and all(c in done.stdout for c in ("train", "eval", "models"))
+    done = _run("train", "--help")
+    assert done.returncode == 0 and "--resume" in done.stdout
+
+
+@pytest.mark.parametrize("case", ["hostile", "widths", "unwritable"])
+def test_errors_in_a_real_process(tmp_path, case, write_cifar10, hostile_pickle):
+    """What a shell sees: exit status 1, exactly one line on stderr, no traceback, nothing on stdout."""
+    sentinel = tmp_path / "pwned"
+    if case == "hostile":
+        write_cifar10(tmp_path / "data")
+        (tmp_path / "data" / "test_batch").write_bytes(hostile_pickle(sentinel))
+        args, needle = ["--data", tmp_path / "data"], "refusing to unpickle"
+    elif case == "widths":
+        args, needle = ["--method", "floats", "--widths", "1.0,1.25"], "width must be in (0, 1]"
+    else:
+        (tmp_path / "file").write_text("x")
+        args, needle = ["--dataset", "synthetic", "--out", tmp_path / "file" / "run"], "is not writable"
+    if "--out" not in args:
+        args += ["--out", tmp_path / "out"]
+    done = _run("train", *TINY, *args)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], done.stderr
+    assert not sentinel.exists()
