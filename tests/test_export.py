@@ -256,6 +256,22 @@ def test_auto_eta_dtype_keeps_float16_only_while_parity_holds(float_bundle, floa
     assert verify_bundle(r.path, loud).ok
 
 
+def test_plain_method_exports_with_the_same_contract(synthetic, tmp_path):
+    """A standard (no noise, one BN) run gives the same inputs, and λ_n changes nothing."""
+    from floatedge.train.trainer import TrainConfig, train
+
+    run = train(TrainConfig(method="standard", arch="tiny", dataset="synthetic", epochs=1, batch_size=64),
+                tmp_path / "run", progress=False, dataset=synthetic)
+    r = export_bundle(run, tmp_path / "s.febundle")
+    b = open_bundle(r.path)
+    model = onnx.load_from_string(b.model_bytes(1.0))
+    assert [i.name for i in model.graph.input] == ["images", LAMBDA] and b.manifest["alphas"] == {}
+    assert {"bn1.running_mean", "conv1.weight"} <= {t.name for t in model.graph.initializer}
+    sess, x = ort_session(model), parity_images(b, 2)
+    np.testing.assert_array_equal(run_scalable(sess, x, 0.0), run_scalable(sess, x, 1.0))
+    assert verify_bundle(r.path, run).ok
+
+
 def test_tar_bundle(float_run, tmp_path):
     out = tmp_path / "m.febundle"
     result = cli("export", float_run, "--out", out, "--tar")
