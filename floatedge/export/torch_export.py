@@ -52,7 +52,7 @@ from floatedge.bundle import (
 from floatedge.oppoint import DEFAULT_LAMBDA_TH, OperatingPoint, check_lambda_th, parse_widths
 from floatedge.train.layers import DualBatchNorm2d, NoisyConv2d, NoisyLinear, Normalize
 from floatedge.train.models import FloatModel
-from floatedge.train.trainer import CHECKPOINT, TrainConfig, load_checkpoint, load_model
+from floatedge.train.trainer import CHECKPOINT, TrainConfig, load_model
 
 from .graph import BN_PARAMS, BN_SETS, ETA_DTYPES, make_scalable, point_tensor_names
 from .static import freeze
@@ -358,15 +358,14 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir)
-    if not ckpt.get("finished"):
-        raise ExportError(f"{run_dir}: training is not finished (epoch {ckpt.get('epoch')} of "
-                          f"{ckpt.get('config', {}).get('epochs')}); export a finished run")
     lambda_th = check_lambda_th(lambda_th)
     out = Path(out)
     if out.exists() and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it")
     model, cfg, ckpt = load_model(run_dir)
+    if not ckpt.get("finished"):
+        raise ExportError(f"{run_dir}: training is not finished (epoch {ckpt.get('epoch')} of {cfg.epochs}); "
+                          "export a finished run")
     chosen = parse_widths(widths) if widths is not None else model.widths
     for w in chosen:
         if w not in model.widths:
