@@ -3,6 +3,7 @@ cause become one-line `click.ClickException`s (exit 1), never tracebacks."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def train_cmd(method, arch, dataset, data_path, epochs, batch_size, lr, weight_d
                       threads=threads, film_dim=film_dim)
     run = train(cfg, out, resume=resume, progress=not quiet)
     log = read_log(run)
-    if log:
+    if log and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         last = log[-1]
         click.echo(f"trained {method} {arch} on {dataset}: epoch {last['epoch']}, loss {last['loss']:.3f}, "
                    f"clean train acc {100 * last['train_clean_acc']:.1f}%, adv train acc "
@@ -107,11 +108,9 @@ def train_cmd(method, arch, dataset, data_path, epochs, batch_size, lr, weight_d
 @user_errors
 def eval_cmd(run_dir, lambdas, lambda_ths, widths, attacks, limit, data_path, batch_size, seed, device, out, quiet):
     """Clean and robust accuracy over λ_n × λ_th × widths; prints a table, writes JSON/CSV/PNG."""
-    from floatedge.oppoint import parse_lambdas, parse_widths
-    from floatedge.train.evaluate import evaluate, format_table, save_result
-
     from floatedge.fsutil import check_writable_dir
-    from floatedge.oppoint import check_lambda_th
+    from floatedge.oppoint import check_lambda_th, parse_lambdas, parse_widths
+    from floatedge.train.evaluate import evaluate, format_table, save_result
 
     try:
         ths = tuple(check_lambda_th(float(t)) for t in lambda_ths.split(",") if t.strip())

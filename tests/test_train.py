@@ -309,6 +309,7 @@ def test_ddp_two_gloo_processes(tmp_path):
            "--lr", "0.05", "--threads", "1", "--quiet", "--out", str(out)]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained floats tiny on synthetic: epoch 2") == 1  # rank 0 reports, once
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "log.jsonl"]
     log = read_log(out)
     assert [r["epoch"] for r in log] == [1, 2]  # one writer
