@@ -208,6 +208,12 @@ def test_train_then_eval_on_a_tiny_run(tmp_path):
     result = run_cli("train", *TINY, "--dataset", "synthetic", "--method", "floats", "--widths", "1,0.5", "--out", out,
                      "--resume", "--epochs", "2")
     assert result.exit_code == 0 and "epoch 2" in result.output, result.output
+    # a shorter schedule than what is already trained is refused, and the run stays as it is
+    before = snapshot(out)
+    result = run_cli("train", *TINY, "--dataset", "synthetic", "--method", "floats", "--widths", "1,0.5", "--out", out,
+                     "--resume", "--epochs", "1")
+    assert_one_line_error(result, "the checkpoint has 2 epochs, more than --epochs 1")
+    assert snapshot(out) == before
 
 
 def test_version():

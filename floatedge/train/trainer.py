@@ -325,6 +325,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device, threads=cfg.threads,
                                   data=cfg.data or saved.data)
         start_epoch = int(ckpt["epoch"])
+        if cfg.epochs < start_epoch:
+            raise TrainError(f"{run_dir}: the checkpoint has {start_epoch} epochs, more than --epochs {cfg.epochs}")
     elif (run_dir / CHECKPOINT).exists():
         raise TrainError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
 
