@@ -65,6 +65,7 @@ TINY = ["--arch", "tiny", "--epochs", "1", "--batch-size", "32", "--pgd-steps", 
     (["--arch", "tiny", "--method", "float", "--widths", "1,0.5"], ["trains one width"]),
     (["--arch", "tiny", "--epochs", "0"], ["epochs must be"]),
     (["--arch", "tiny", "--dataset", "svhn"], ["dataset svhn needs --data PATH"]),
+    (["--arch", "tiny", "--dataset", "synthetic", "--limit-train", "-5"], ["limit_train must be ≥ 2"]),
 ])
 def test_train_bad_flags(tmp_path, args, needles):
     result = run_cli("train", *args, "--out", tmp_path / "out")
@@ -141,6 +142,7 @@ def test_eval_bad_input(run_copy, tmp_path):
         (["--lambdas", "0,1.5"], ["bad lambdas", "[0, 1]"]),
         (["--lambda-ths", "abc"], ["bad --lambda-ths 'abc'"]),
         (["--lambda-ths", "1"], ["bad --lambda-ths '1'", "[0, 1)"]),
+        (["--limit", "-3"], ["limit must be ≥ 1, got -3"]),
     ]
     for args, needles in cases:
         assert_one_line_error(run_cli("eval", run_copy, "--limit", "4", "--quiet", *args), *needles)

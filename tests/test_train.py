@@ -339,6 +339,9 @@ def test_ddp_two_gloo_processes(tmp_path):
     ({"method": "float", "widths": "1,0.5"}, "trains one width"),
     ({"epochs": 0}, "epochs must be"),
     ({"batch_size": 1}, "batch size"),
+    ({"limit_train": -5}, "limit_train must be ≥ 2"),
+    ({"limit_train": 0}, "limit_train must be ≥ 2"),
+    ({"pgd_steps": -1}, "pgd_steps ≥ 0"),
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(TrainError, match=msg):

@@ -69,6 +69,8 @@ def evaluate(
         ds = load_dataset(cfg.dataset, data or cfg.data)
     except ValueError as exc:
         raise EvalError(str(exc)) from None
+    if limit is not None and limit < 1:
+        raise EvalError(f"limit must be ≥ 1, got {limit}")
     if limit:
         ds = ds.limit(test=limit, seed=seed)
     x, y = to_float(ds.x_test).to(dev), ds.y_test.to(dev)

@@ -102,6 +102,9 @@ class TrainConfig:
             raise TrainError(f"FiLM input size must be in 1..4096, got {self.film_dim}")
         if self.epochs < 1 or self.batch_size < 2:
             raise TrainError("epochs must be ≥ 1 and batch size ≥ 2")
+        if (self.limit_train is not None and self.limit_train < 2) or self.pgd_steps < 0:
+            raise TrainError(f"limit_train must be ≥ 2 (got {self.limit_train}) "
+                             f"and pgd_steps ≥ 0 (got {self.pgd_steps})")
         if self.film_init not in FILM_INITS:
             raise TrainError(f"unknown FiLM init {self.film_init!r}; choose from {', '.join(FILM_INITS)}")
         if self.noise_seed is None:
@@ -318,9 +321,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     if resume:
         ckpt = load_checkpoint(run_dir)
         saved = TrainConfig.from_dict(ckpt["config"])
-        if (saved.arch, saved.method, saved.widths, saved.dataset) != (cfg.arch, cfg.method, cfg.widths, cfg.dataset):
+        ident = lambda c: (c.arch, c.method, c.widths, c.dataset)
+        if ident(saved) != ident(cfg):
             raise TrainError(f"{run_dir}: checkpoint is {saved.method}/{saved.arch} widths {list(saved.widths)} "
-                             f"on {saved.dataset}, not {cfg.method}/{cfg.arch} widths {list(cfg.widths)} on {cfg.dataset}")
+                             f"on {saved.dataset}, not {cfg.method}/{cfg.arch} widths {list(cfg.widths)} "
+                             f"on {cfg.dataset}")
         # the data (set, subset) is the checkpoint's; only its location may be given anew
         cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device, threads=cfg.threads,
                                   data=cfg.data or saved.data)
