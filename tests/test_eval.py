@@ -111,13 +111,29 @@ def test_eval_errors(float_run, tmp_path):
         load_result(tmp_path / "bad.json")
 
 
-def test_eval_uses_the_recorded_noise(float_run):
-    """What is evaluated is the deployed draw: two loads give identical logits at s = 1."""
+@pytest.mark.parametrize("noise_mode", ["fixed", "resample"])
+def test_saved_noise_is_the_recorded_draw(tmp_path, synthetic, noise_mode):
+    """What is evaluated and exported is the draw recorded by noise_seed, also after training that redrew
+    z before every step (resample mode restores the recorded draw before saving)."""
+    from floatedge.train.models import create_model
     from floatedge.train.trainer import load_model
 
-    (m1, _, _), (m2, _, _) = load_model(float_run), load_model(float_run)
+    cfg = TrainConfig(method="float", arch="tiny", dataset="synthetic", epochs=1, batch_size=64, pgd_steps=1,
+                      noise_mode=noise_mode, noise_seed=11)
+    run = train(cfg, tmp_path / "r", progress=False, dataset=synthetic)
+    model, _, ckpt = load_model(run)
+    fresh = create_model("tiny", num_classes=4)
+    fresh.draw_noise(11)
+    zs = {k: v for k, v in fresh.state_dict().items() if k.endswith(".z")}
+    assert len(zs) == 3
+    for k, z in zs.items():
+        assert torch.equal(ckpt["model"][k], z) and torch.equal(model.state_dict()[k], z), k
+    other = create_model("tiny", num_classes=4)
+    other.draw_noise(12)
+    assert not torch.equal(other.state_dict()["conv1.z"], zs["conv1.z"])
     x = torch.rand(4, 3, 16, 16)
-    for m in (m1, m2):
-        m.set_operating_point(OperatingPoint(1.0))
+    model.set_operating_point(OperatingPoint(1.0))
+    again, _, _ = load_model(run)
+    again.set_operating_point(OperatingPoint(1.0))
     with torch.no_grad():
-        assert torch.equal(m1(x), m2(x))
+        assert torch.equal(model(x), again(x))
