@@ -100,6 +100,6 @@ def hostile_pickle():
     """hostile_pickle(sentinel_path, wrap) → pickle bytes that would `touch` the sentinel when loaded."""
 
     def make(sentinel: Path, wrap=lambda evil: {b"data": evil}) -> bytes:
-        return pickle.dumps(wrap(Hostile(f"touch {sentinel}")))
+        return pickle.dumps(wrap(Hostile(f"touch {sentinel}")), protocol=2)
 
     return make
