@@ -292,6 +292,30 @@ def test_bad_input_is_a_clear_error_and_the_runtime_stays_usable(shared_rt, refe
     np.testing.assert_allclose(shared_rt.infer(images[:2]), ref(before, images[:2]), atol=PARITY_TOL, rtol=0)
 
 
+@pytest.mark.parametrize("mode", ["in-graph", "materialised"])
+@pytest.mark.parametrize("case", ["NaN", "Inf"])
+def test_nan_and_inf_are_caught_in_both_modes(bundle, reference, mode, case):
+    """ONNX Runtime tests finiteness inside the model (ReduceSum(images·0)); each bad value, anywhere."""
+    _, images, ref = reference
+    with open_rt(bundle, mode=mode) as model:
+        size = images[:3].size
+        for i in [*range(0, size, 97), size - 1]:  # a spread of positions, first and last included
+            x = images[:3].copy()
+            x.reshape(-1)[i] = np.nan if case == "NaN" else (np.inf if i % 2 else -np.inf)
+            with pytest.raises(rt.InputError, match="images contain NaN or Inf"):
+                model.infer(x)
+        np.testing.assert_allclose(model.infer(images[:3]), ref(model.operating_point, images[:3]),
+                                   atol=PARITY_TOL, rtol=0)
+        big = images[:3] * np.float32(3e38)  # huge but finite: not refused
+        assert model.infer(big).shape == images[:3].shape[:1] + ref(model.operating_point, images[:1]).shape[1:]
+
+
+def test_ndarray_subclass_is_accepted(shared_rt, tmp_path):
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=GOOD.shape)
+    mm[:] = GOOD
+    np.testing.assert_array_equal(shared_rt.infer(mm), shared_rt.infer(GOOD))
+
+
 def test_batch_larger_than_the_fixed_maximum(shared_rt):
     with pytest.raises(rt.InputError, match="batch of 5 exceeds this model's maximum batch 4"):
         shared_rt.infer(np.zeros((5, 3, 16, 16), np.float32))

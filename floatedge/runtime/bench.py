@@ -39,7 +39,9 @@ def _stats(times: Sequence[float], batch: int) -> dict[str, float]:
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, budget_s: float, warmup: int = 3) -> dict[str, list]:
     """Run each fn once per round, order reversed every other round; stop after `rounds` or `budget_s`
-    (at least 10 rounds). Returns the per-call wall times."""
+    (at least 10 rounds). Returns the per-call wall times. Compare two functions at a time: with two the
+    sequence is A B B A A B…, each runs once after the other and once after itself; with three, the
+    middle one never follows itself (colder caches) and the comparison is biased."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -133,14 +135,21 @@ def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8
                     bare = _bare_ort(w_model.data, threads)
                     lam = np.array(p.lambda_n, np.float32)
                     call = lambda x=x, s=bare, lam=lam: s.run([OUTPUT], {INPUT: x, LAMBDA: lam})
+                # pairs only: with three or more functions the interleaving is no longer symmetric
                 t = interleaved({"runtime": lambda x=x: rt.infer(x), "bare": call}, rounds * 5, budget_s)
-                check = interleaved({"check": lambda x=x: rt.input_spec.check(x)}, 2000, 0.5)["check"]
+                nocheck = open_runtime(bundle, backend=backend, mode=rt.mode, point=p, check_finite=False, **opts)
+                c = interleaved({"check": lambda x=x: rt.infer(x), "nocheck": lambda x=x, n=nocheck: n.infer(x)},
+                                rounds * 5, budget_s)
+                nocheck.close()
                 row = {"width": w, "lambda_n": p.lambda_n, "batch": int(x.shape[0]), "runtime": _stats(t["runtime"], 1),
-                       "bare": _stats(t["bare"], 1), "input_check_us": float(np.median(check) * 1e6)}
+                       "bare": _stats(t["bare"], 1)}
                 row["overhead"] = row["runtime"]["p50_ms"] / row["bare"]["p50_ms"] - 1.0
                 row["overhead_mean"] = row["runtime"]["mean_ms"] / row["bare"]["mean_ms"] - 1.0
+                # what the NaN/Inf check costs, next to real inference (not in a tight loop)
+                row["finite_check"] = float(np.median(c["check"]) / np.median(c["nocheck"]) - 1.0)
                 out["overhead"].append(row)
-                log(f"overhead w={w:g}: {100 * row['overhead']:+.2f}% (check {row['input_check_us']:.1f} µs)")
+                log(f"overhead w={w:g}: {100 * row['overhead']:+.2f}% "
+                    f"(NaN/Inf check {100 * row['finite_check']:+.2f}%)")
         # 3. in-graph vs materialised, side by side
         other = {}
         for m in rt.modes:
@@ -227,38 +236,39 @@ def switch_under_load(bundle: str, backend: str = "auto", clients: int = 4, thre
     ok = [r for r in records if r[3] is None]
     windows = [(s["t_ask"], s["t_done"]) for s in switches]
     overlaps = lambda r, w: r[0] < w[1] and r[1] > w[0]
-    # baseline: requests that overlap no switch window and start ≥ 0.2 s after the start (warm)
+    # baseline: warm requests (≥ 0.2 s after the start) that overlap no switch, by the point they ran at
     t_start = min(r[0] for r in ok) if ok else 0.0
-    base = [r[1] - r[0] for r in ok if r[0] > t_start + 0.2 and not any(overlaps(r, w) for w in windows)]
+    quiet_reqs = [r for r in ok if r[0] > t_start + 0.2 and not any(overlaps(r, w) for w in windows)]
+    base = [r[1] - r[0] for r in quiet_reqs]
     p50 = float(np.median(base)) if base else float("nan")
-    # the same statistic on quiet stretches of equal length: what the machine does without any switch
+    p50_at = {pt: float(np.median([r[1] - r[0] for r in quiet_reqs if r[2] == pt]))
+              for pt in {r[2] for r in quiet_reqs}}
     rows = []
     for s in switches:
         w = (s["t_ask"], s["t_done"])
+        ref = p50_at.get(s["from"], p50)  # requests in flight ran at the old point: compare with its p50
         inflight = [r[1] - r[0] for r in ok if overlaps(r, w)]
         new = [r for r in ok if r[2] == s["to"] and r[0] >= s["t_ask"]]
         first_new = min((r[1] for r in new), default=float("nan"))
-        mixed = [r for r in ok if r[0] >= s["t_done"] and r[2] != s["to"] and r[0] < s["t_done"] + settle_s * 0.9]
+        late = [r for r in ok if r[0] >= s["t_done"] and r[2] != s["to"] and r[0] < s["t_done"] + settle_s * 0.9]
+        # control: a window as long as this switch, just before it (same point, same load, no switch)
+        dur = min(w[1] - w[0], settle_s * 0.7)
+        q = [r[1] - r[0] for r in ok if overlaps(r, (w[0] - 0.1 - dur, w[0] - 0.1))]
         rows.append({"label": s["label"], "from": s["from"].to_dict(), "to": s["to"].to_dict(), "cached": s["cached"],
                      "in_effect_ms": (s["t_done"] - s["t_ask"]) * 1e3,
-                     "first_new_result_ms": (first_new - s["t_ask"]) * 1e3,
+                     "first_new_result_ms": (first_new - s["t_ask"]) * 1e3, "p50_before_ms": ref * 1e3,
                      "inflight_requests": len(inflight), "inflight_max_ms": max(inflight) * 1e3 if inflight else None,
-                     "inflight_max_over_p50": (max(inflight) / p50) if inflight else None,
-                     "old_point_after_switch": len(mixed)})
+                     "inflight_max_over_p50": (max(inflight) / ref) if inflight else None,
+                     "quiet_max_over_p50": (max(q) / ref) if q else None,
+                     "old_point_after_switch": len(late)})
         log(f"switch {s['label']}: in effect {rows[-1]['in_effect_ms']:.1f} ms, {len(inflight)} in flight, "
-            f"max {rows[-1]['inflight_max_ms'] or 0:.2f} ms = ×{rows[-1]['inflight_max_over_p50'] or 0:.2f} p50")
-    # quiet windows of the same length as the median switch, for the machine's own max/p50
-    dur = float(np.median([s["t_done"] - s["t_ask"] for s in switches]))
-    quiet = []
-    for s in switches:
-        w = (s["t_ask"] - settle_s * 0.6 - dur, s["t_ask"] - settle_s * 0.6)
-        q = [r[1] - r[0] for r in ok if overlaps(r, w)]
-        if q:
-            quiet.append(max(q) / p50)
+            f"max {rows[-1]['inflight_max_ms'] or 0:.2f} ms = ×{rows[-1]['inflight_max_over_p50'] or 0:.2f} p50 "
+            f"(quiet window before: ×{rows[-1]['quiet_max_over_p50'] or 0:.2f})")
     return {"clients": clients, "batch": batch, "requests": len(records), "failed": len(failed),
             "failures": sorted({f[3] for f in failed})[:5], "p50_ms": p50 * 1e3,
             "p99_ms": float(np.percentile(base, 99) * 1e3) if base else None,
-            "quiet_window_max_over_p50": quiet, "mode": rt.mode, "switches": rows}
+            "quiet_window_max_over_p50": [r["quiet_max_over_p50"] for r in rows if r["quiet_max_over_p50"]],
+            "mode": rt.mode, "switches": rows}
 
 
 def format_table(res: dict[str, Any]) -> str:
@@ -280,7 +290,7 @@ def format_table(res: dict[str, Any]) -> str:
     for r in res["overhead"]:
         lines.append(f"overhead over bare InferenceSession.run, width {r['width']:g} batch {r['batch']}: "
                      f"{100 * r['overhead']:+.2f}% (p50), {100 * r['overhead_mean']:+.2f}% (mean); "
-                     f"input check {r['input_check_us']:.1f} µs")
+                     f"of which NaN/Inf check {100 * r['finite_check']:+.2f}%")
     for r in res["width_ratio"]:
         lines.append(f"width {r['narrow']:g} / {r['wide']:g} at batch {r['batch']}: {r['ratio']:.3f}")
     sw = res.get("switch")
@@ -290,5 +300,6 @@ def format_table(res: dict[str, Any]) -> str:
         for s in sw["switches"]:
             lines.append(f"  {s['label']:24s} in effect {s['in_effect_ms']:7.1f} ms · "
                          f"{s['inflight_requests']:3d} in flight, slowest {s['inflight_max_ms'] or 0:6.2f} ms "
-                         f"(×{s['inflight_max_over_p50'] or 0:.2f} p50)")
+                         f"(×{s['inflight_max_over_p50'] or 0:.2f} p50; "
+                         f"quiet window ×{s['quiet_max_over_p50'] or 0:.2f})")
     return "\n".join(lines)

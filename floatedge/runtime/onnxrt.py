@@ -31,15 +31,34 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 
 from floatedge.bundle import INPUT, LAMBDA, OUTPUT, Bundle, open_bundle
 from floatedge.export.static import freeze, point_arrays
 from floatedge.oppoint import OperatingPoint, OperatingPointError
 
-from .base import Backend, InputSpec
+from .base import NONFINITE, Backend, InputError, InputSpec
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+CHECK_OUTPUT = "floatedge.nonfinite"
+
+
+def with_finite_check(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` with a second output, ReduceSum(images · 0): 0 when every pixel is finite, NaN as
+    soon as one is NaN or ±Inf (IEEE 754: ±Inf · 0 = NaN, and NaN propagates through the sum).
+
+    Why in the model: next to a real inference `np.isfinite(x).all()` costs ~15–30 µs in Python (cold
+    caches after the run), 2–3% of a ResNet-20 batch-1 call on CPU; these two kernels cost ~1%."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    zero, zeros = "floatedge.check.zero", "floatedge.check.zeros"
+    g.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), zero))
+    g.node.extend([helper.make_node("Mul", [INPUT, zero], [zeros], name="floatedge/check_mul"),
+                   helper.make_node("ReduceSum", [zeros], [CHECK_OUTPUT], keepdims=0, name="floatedge/check_sum")])
+    g.output.append(helper.make_tensor_value_info(CHECK_OUTPUT, TensorProto.FLOAT, []))
+    return out
 
 
 def default_providers() -> list[str]:
@@ -79,31 +98,23 @@ def equivalent_lambda(point: OperatingPoint, graph_lambda_th: float) -> float:
     return lam
 
 
-class _InGraph:
-    """A scalable session and the λ_n to feed it."""
+class _Session:
+    """A session of the static form at one point (`lam` None), or of the scalable model with the λ_n to
+    feed it. With `checked`, the model also returns the NaN/Inf test (`with_finite_check`)."""
 
-    __slots__ = ("session", "lam")
+    __slots__ = ("session", "lam", "outputs", "checked")
 
-    def __init__(self, session: ort.InferenceSession, lam: float) -> None:
-        self.session, self.lam = session, np.array(lam, dtype=np.float32)
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT], {INPUT: images, LAMBDA: self.lam})[0]
-
-    def alive(self) -> bool:
-        return True
-
-
-class _Static:
-    """A session of the static form at one point."""
-
-    __slots__ = ("session",)
-
-    def __init__(self, session: ort.InferenceSession) -> None:
-        self.session = session
+    def __init__(self, session: ort.InferenceSession, lam: float | None, checked: bool) -> None:
+        self.session, self.checked = session, checked
+        self.lam = None if lam is None else np.array(lam, dtype=np.float32)
+        self.outputs = [OUTPUT, CHECK_OUTPUT] if checked else [OUTPUT]
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT], {INPUT: images})[0]
+        feed = {INPUT: images} if self.lam is None else {INPUT: images, LAMBDA: self.lam}
+        out = self.session.run(self.outputs, feed)
+        if self.checked and out[1].item() != 0.0:
+            raise InputError(f"{INPUT} {NONFINITE}")
+        return out[0]
 
     def alive(self) -> bool:
         return True
@@ -113,10 +124,11 @@ class _Width:
     """What one width of the bundle needs, loaded once: the scalable model, its manifest entry, its
     in-graph session (lazily) and the external-weights template of its static form."""
 
-    def __init__(self, bundle: Bundle, width: float) -> None:
+    def __init__(self, bundle: Bundle, width: float, checked: bool) -> None:
         self.entry = bundle.model_entry(width)
         self.data = bundle.model_bytes(width)
         self.model = onnx.load_from_string(self.data)
+        self.checked = checked
         self.ingraph: ort.InferenceSession | None = None
         self.template: bytes | None = None
         self.lock = threading.Lock()
@@ -144,7 +156,7 @@ class OnnxRuntimeBackend(Backend):
     def _width(self, width: float) -> _Width:
         with self._widths_lock:
             if width not in self._widths:
-                self._widths[width] = _Width(self.bundle, width)
+                self._widths[width] = _Width(self.bundle, width, self.check_finite)
             return self._widths[width]
 
     def _session(self, model: bytes, external: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
@@ -164,7 +176,7 @@ class OnnxRuntimeBackend(Backend):
                         set_external_data(t, location="floatedge-point")  # supplied from memory per session
                         t.ClearField("raw_data")
                         del t.float_data[:]
-                w.template = model.SerializeToString()
+                w.template = (with_finite_check(model) if w.checked else model).SerializeToString()
             return w.template
 
     # -- the backend hooks
@@ -174,11 +186,12 @@ class OnnxRuntimeBackend(Backend):
             lam = equivalent_lambda(point, self.bundle.lambda_th)
             with w.lock:
                 if w.ingraph is None:
-                    w.ingraph = self._session(w.data)
-            return _InGraph(w.ingraph, lam)
+                    data = with_finite_check(w.model).SerializeToString() if w.checked else w.data
+                    w.ingraph = self._session(data)
+            return _Session(w.ingraph, lam, w.checked)
         values = {k: np.ascontiguousarray(v, dtype=np.float32)
                   for k, v in point_arrays(w.model, w.entry, point).items()}
-        return _Static(self._session(self._template(w, point, values), values))
+        return _Session(self._session(self._template(w, point, values), values), None, w.checked)
 
     def _input_spec(self) -> InputSpec:
         c, h, w = self.bundle.input_shape
@@ -187,7 +200,7 @@ class OnnxRuntimeBackend(Backend):
         fixed = dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
         cap = fixed or self.max_batch  # a fixed-batch graph, or the caller's bound on request size
         return InputSpec(INPUT, int(c), int(h), int(w), max_batch=cap, min_batch=fixed or 1,
-                         check_finite=self.check_finite)
+                         check_finite=self.check_finite, in_model_finite=True)
 
     def operating_points(self) -> list[dict]:
         return self.bundle.table()

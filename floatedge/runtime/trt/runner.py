@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,16 @@ class TensorRTBackend(Backend):
         self._start(point or OperatingPoint(0.0, self.widths[0], self.bundle.lambda_th), mode)
 
     # -- engines
+    @contextmanager
+    def _cuda_context(self):
+        """The device context current in this thread for TensorRT and CUDA calls (pycuda contexts are per
+        thread; cuda-python's runtime API needs nothing)."""
+        self.cuda.push()
+        try:
+            yield
+        finally:
+            self.cuda.pop()
+
     def _model(self, width: float) -> tuple[onnx.ModelProto, dict]:
         if width not in self._models:
             entry = self.bundle.model_entry(width)
@@ -161,13 +173,14 @@ class TensorRTBackend(Backend):
                                   self.cache_dir / f"timing.trt{self.trt.__version__}.{key.device}.cache")
 
             path = self.cache_dir / key.filename()
-            engine, built = load_engine(self.trt, self.runtime, path, build)
+            with self._cuda_context():
+                engine, built = load_engine(self.trt, self.runtime, path, build)
+                engines = [engine]
+                if kind == "materialised":  # a second instance of the same plan: the standby to refit
+                    engines.append(self.runtime.deserialize_cuda_engine(path.read_bytes()))
+                slots = [self._new_slot(e, width, kind) for e in engines]
             if built:
                 self.built.append(path.name)
-            engines = [engine]
-            if kind == "materialised":  # a second instance of the same plan: the standby to refit
-                engines.append(self.runtime.deserialize_cuda_engine(path.read_bytes()))
-            slots = [self._new_slot(e, width, kind) for e in engines]
             self._slots[(width, kind)] = slots
             return slots
 
@@ -180,13 +193,9 @@ class TensorRTBackend(Backend):
         with self._exec_lock:
             need = int(getattr(engine, self.api.device_memory_size_attr))
             if need > self._scratch_size:  # grow the shared buffer and re-point every context
-                self.cuda.push()
-                try:
-                    if self._scratch:
-                        self.cuda.free(self._scratch)
-                    self._scratch, self._scratch_size = self.cuda.malloc(need), need
-                finally:
-                    self.cuda.pop()
+                if self._scratch:
+                    self.cuda.free(self._scratch)
+                self._scratch, self._scratch_size = self.cuda.malloc(need), need
                 for s in (x for v in self._slots.values() for x in v):
                     self._bind_memory(s.context)
             self._bind_memory(context)
@@ -204,6 +213,10 @@ class TensorRTBackend(Backend):
 
     # -- refit
     def _refit(self, slot: _Slot, point: OperatingPoint) -> None:
+        with self._cuda_context():
+            self._refit_in_context(slot, point)
+
+    def _refit_in_context(self, slot: _Slot, point: OperatingPoint) -> None:
         trt = self.trt
         model, entry = self._model(point.width)
         refitter = trt.Refitter(slot.engine, self.logger)
@@ -214,12 +227,8 @@ class TensorRTBackend(Backend):
             if not parser_refitter.refit_from_bytes(static):
                 errors = "; ".join(str(parser_refitter.get_error(i)) for i in range(parser_refitter.num_errors))
                 raise RuntimeError(f"TensorRT refit from the static form failed: {errors}")
-            self.cuda.push()
-            try:
-                ok = refitter.refit_cuda_engine_async(self.refit_stream)
-                self.cuda.sync(self.refit_stream)
-            finally:
-                self.cuda.pop()
+            ok = refitter.refit_cuda_engine_async(self.refit_stream)
+            self.cuda.sync(self.refit_stream)
         else:
             target = refit_weights(self.bundle, point)
             names = set(refitter.get_all_weights())
@@ -274,8 +283,6 @@ class TensorRTBackend(Backend):
             slot = exe.slot
             if slot.generation != exe.generation:
                 raise Stale
-            import time
-
             slot.used = time.monotonic()
             cuda.push()
             try:
