@@ -66,8 +66,9 @@ def section(r20: dict, r34: dict, wall_s: float) -> str:
         f"(load average {', '.join(f'{v:.1f}' for v in c['load_avg'] or [])} at the start), ONNX Runtime "
         f"{d['onnxruntime']} CPU execution provider, {c['intra_op_threads']} intra-op thread per session, "
         f"{c['rounds']} interleaved rounds per figure at most (≤ {c['budget_s']:g} s each, ≥ 10 rounds), order "
-        f"flipped every round, ratios of medians; whole run {wall_s / 60:.1f} min. Bundles from 1-epoch runs "
-        "(latency does not depend on training).",
+        f"flipped every round; a ratio is the median over rounds of the per-round ratio (the two calls of a "
+        f"round run back to back, so the machine's slow spells divide out); whole run {wall_s / 60:.1f} min. "
+        "Bundles from 1-epoch runs (latency does not depend on training).",
         "",
         f"Mode chosen by the runtime (measured at open, batch 1): **{d['mode']}** — "
         + ", ".join(f"{m} {v:.3f} ms" for m, v in d["mode_choice"].get("median_ms", {}).items()) + ".",
@@ -105,18 +106,19 @@ def section(r20: dict, r34: dict, wall_s: float) -> str:
         "",
         "### In-graph vs materialised λ_n (same point, side by side; p50 ms)",
         "",
-        "| width | batch | in-graph | materialised | materialised / in-graph |",
+        "| width | batch | in-graph | materialised | materialised / in-graph (paired) |",
         "|---|---|---|---|---|",
     ]
     for r in r20["modes"]:
-        ig, mat = r["in-graph"]["p50_ms"], r["materialised"]["p50_ms"]
-        lines.append(f"| {r['width']:g} | {r['batch']} | {ig:.3f} | {mat:.3f} | {mat / ig:.2f} |")
+        ig, mat, ratio = r["in-graph"]["p50_ms"], r["materialised"]["p50_ms"], r["materialised_over_in_graph"]
+        lines.append(f"| {r['width']:g} | {r['batch']} | {ig:.3f} | {mat:.3f} | {ratio:.2f} |")
     lines += ["", "### Runtime overhead over a bare `InferenceSession.run` on the same model (batch 1)", "",
-              "| width | runtime p50 ms | bare p50 ms | overhead (p50) | overhead (mean) | of which NaN/Inf check |",
+              "| width | runtime p50 ms | bare p50 ms | overhead (paired) | overhead (ratio of medians) | "
+              "of which NaN/Inf check |",
               "|---|---|---|---|---|---|"]
     for r in r20["overhead"]:
         lines.append(f"| {r['width']:g} | {r['runtime']['p50_ms']:.3f} | {r['bare']['p50_ms']:.3f} | "
-                     f"{100 * r['overhead']:+.1f}% | {100 * r['overhead_mean']:+.1f}% | "
+                     f"{100 * r['overhead']:+.1f}% | {100 * r['overhead_of_medians']:+.1f}% | "
                      f"{100 * r['finite_check']:+.1f}% |")
     lines += ["", "### Width 0.5 vs width 1.0 (side by side)", "", "| batch | w=1.0 p50 ms | w=0.5 p50 ms | ratio |",
               "|---|---|---|---|"]
@@ -130,12 +132,14 @@ def section(r20: dict, r34: dict, wall_s: float) -> str:
                   "switch with the p50 of the old point under the same load; the control is the same statistic over "
                   "a window of the same length just before the switch.", "",
                   "| switch | cached | in effect (call returns) | first result at new point | requests in flight | "
-                  "slowest in flight | slowest / p50 | control: quiet window |", "|---|---|---|---|---|---|---|---|"]
+                  "slowest in flight | slowest / p50 | control: quiet window | p95 / p50 in flight | control |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for x in s["switches"]:
             lines.append(f"| {x['label']} | {x['cached']} | {x['in_effect_ms']:.0f} ms | "
                          f"{x['first_new_result_ms']:.0f} ms | {x['inflight_requests']} | "
                          f"{x['inflight_max_ms'] or 0:.1f} ms | "
-                         f"×{x['inflight_max_over_p50'] or 0:.1f} | ×{x['quiet_max_over_p50'] or 0:.1f} |")
+                         f"×{x['inflight_max_over_p50'] or 0:.1f} | ×{x['quiet_max_over_p50'] or 0:.1f} | "
+                         f"×{x['inflight_p95_over_p50'] or 0:.1f} | ×{x['quiet_p95_over_p50'] or 0:.1f} |")
     return "\n".join(lines)
 
 

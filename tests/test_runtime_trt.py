@@ -3,6 +3,7 @@ weights to refit for an operating point, BN folding) run everywhere against real
 Runtime; the engine tests need TensorRT and a GPU and skip with the reason otherwise."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,154 @@ def test_trt_parity_and_refit(trt_runtime, bundle):
             np.testing.assert_allclose(res.logits, run_scalable(ref, images, lam), atol=1e-3, rtol=1e-3)
     with pytest.raises(ValueError, match="exceeds"):
         trt_runtime.infer(np.zeros((9, *bnd.input_shape), np.float32))
+
+
+# ------------------------------------------------------------------------------------------ runner logic
+# The runner's own bookkeeping, against a stand-in TensorRT (tests/fake_tensorrt.py: engines are ONNX Runtime
+# sessions, device memory is host memory). What TensorRT itself does is for the test above, on a device.
+@pytest.fixture(params=["10.3.0", "8.6.1"])
+def fake(request, monkeypatch):
+    from fake_tensorrt import FakeCuda, make_tensorrt
+
+    cuda = FakeCuda()
+    trt = make_tensorrt(request.param, cuda)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    return trt, cuda
+
+
+def open_fake(bundle, fake, cache_dir, **kw):
+    import floatedge.runtime as rt
+
+    trt, cuda = fake
+    kw = {"mode": "materialised", "precision": "fp32", "max_batch": 8, "opt_batch": 4, **kw}
+    return rt.open(bundle, backend="tensorrt", cache_dir=cache_dir, cuda=cuda, **kw)
+
+
+@pytest.mark.parametrize("mode", ["materialised", "in-graph"])
+def test_runner_parity_refit_engine_cache(bundle, fake, tmp_path, mode):
+    trt, cuda = fake
+    bnd = open_bundle(bundle)
+    images = parity_images(bnd)
+    with open_fake(bundle, fake, tmp_path, mode=mode) as model:
+        for w in bnd.widths:
+            ref = ort_session(bnd.model_bytes(w))
+            for lam in (0.0, 0.7, 1.0, 0.7):
+                point = model.set_operating_point(lambda_n=lam, width=w)
+                res = model.run(images)
+                assert res.point == point
+                np.testing.assert_allclose(res.logits, run_scalable(ref, images, lam), atol=PARITY_TOL, rtol=0)
+        d = model.describe()
+        assert d["mode"] == mode and d["tensorrt"] == trt.__version__ and d["cuda_binding"] == "fake-cuda"
+        instances = 2 if mode == "materialised" else 1
+        assert d["engine_instances"] == {f"{w:g}/{mode}": instances for w in bnd.widths}
+        # one activation buffer, as large as the largest engine, shared by every context
+        contexts = [s.context for slots in model._slots.values() for s in slots]
+        assert {c.memory[0] for c in contexts} == {model._scratch}
+        assert model._scratch_size == max(s.engine.device_memory_size for v in model._slots.values() for s in v)
+    assert len(trt.built) == len(bnd.widths)  # one plan per width, both instances from it
+    assert all(("REFIT" in flags) == (mode == "materialised") for flags in trt.built)
+    if mode == "materialised":
+        assert trt.refits  # λ changes went through the refitter
+    else:
+        assert not trt.refits
+    plans = sorted(p.name for p in tmp_path.glob("*.engine"))
+    assert len(plans) == len(bnd.widths) and all(f".{mode}.fp32.trt{trt.__version__}." in p for p in plans)
+    with open_fake(bundle, fake, tmp_path, mode=mode) as model:  # cached plans: nothing is built again
+        model.set_operating_point(width=bnd.widths[-1])
+        assert model.describe()["engines_built"] == []
+    assert len(trt.built) == len(bnd.widths)
+
+
+def test_runner_refits_only_what_changes(bundle, fake, tmp_path):
+    """Version 8.x sends the changed weights by name; 10.x hands the whole static model to the parser
+    refitter (which then sets every initializer)."""
+    trt, _ = fake
+    bnd = open_bundle(bundle)
+    with open_fake(bundle, fake, tmp_path) as model:
+        trt.refits.clear()
+        model.set_operating_point(lambda_n=0.7)
+        model.set_operating_point(lambda_n=0.9)  # same BN set (adv): only the noisy weights change…
+        if trt.__version__.startswith("8"):
+            expect = {f"{layer['name']}.weight" for layer in bnd.model_entry(1.0)["layers"]
+                      if layer["kind"] != "bn" and layer["noisy"]}
+            # …but this refit lands on the other engine instance, last refitted for λ=0: BN too
+            assert set(trt.refits[-1]) > expect
+            model.set_operating_point(lambda_n=0.95)  # back on the 0.7 instance: noisy weights only
+            assert set(trt.refits[-1]) == expect
+        else:
+            assert set(trt.refits[-1]) == set(refit_weights(bnd, OperatingPoint(0.9, 1.0, bnd.lambda_th)))
+
+
+def test_runner_switch_under_concurrent_inference(bundle, fake, tmp_path):
+    """Threads infer while the standby engines are refitted and swapped: nothing fails, nothing mixes."""
+    import threading
+    import time
+
+    bnd = open_bundle(bundle)
+    images = parity_images(bnd)[:4]
+    plan = [OperatingPoint(lam, w, bnd.lambda_th) for w, lam in [(1.0, 0.7), (0.5, 0.7), (0.5, 0.2), (1.0, 0.0),
+                                                                 (0.75, 1.0), (1.0, 0.9)]]
+    refs = {w: ort_session(bnd.model_bytes(w)) for w in bnd.widths}
+    start = OperatingPoint(0, 1.0, bnd.lambda_th)
+    expected = {p: run_scalable(refs[p.width], images, p.lambda_n) for p in [start, *plan]}
+    records, errors, stop = [], [], threading.Event()
+    with open_fake(bundle, fake, tmp_path) as model:
+        def client() -> None:
+            while not stop.is_set():
+                try:
+                    res = model.run(images)
+                    records.append((res.point, res.logits))
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            for p in plan:
+                assert model.set_operating_point(lambda_n=p.lambda_n, width=p.width) == p
+                n = len(records)
+                while not errors and len(records) < n + 6:  # requests at p before the next switch
+                    time.sleep(0.001)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+    assert not errors, errors[:3]
+    for point, logits in records:
+        np.testing.assert_allclose(logits, expected[point], atol=PARITY_TOL, rtol=0)
+    assert {p for p, _ in records} == set(expected)
+
+
+def test_runner_bad_input_and_stale_plan(bundle, fake, tmp_path):
+    import floatedge.runtime as rt
+
+    trt, _ = fake
+    bnd = open_bundle(bundle)
+    with open_fake(bundle, fake, tmp_path) as model:
+        for bad, pattern in [(np.zeros((9, *bnd.input_shape), np.float32), "exceeds this model's maximum batch 8"),
+                             (np.full((1, *bnd.input_shape), np.nan, np.float32), "NaN or Inf"),
+                             (np.zeros((1, *bnd.input_shape), np.float64), "float32")]:
+            with pytest.raises(rt.InputError, match=pattern):
+                model.infer(bad)
+        assert model.infer(np.zeros((8, *bnd.input_shape), np.float32)).shape[0] == 8
+    built = len(trt.built)
+    for plan in tmp_path.glob("*.engine"):
+        plan.write_bytes(b"an engine from another TensorRT version")
+    with open_fake(bundle, fake, tmp_path) as model:  # unreadable plans are rebuilt, not trusted
+        model.set_operating_point(width=0.5)
+        assert len(model.describe()["engines_built"]) == 2
+    assert len(trt.built) == built + 2
+
+
+def test_runner_auto_mode_and_old_tensorrt(bundle, fake, tmp_path, monkeypatch):
+    from fake_tensorrt import FakeCuda, make_tensorrt
+
+    with open_fake(bundle, fake, tmp_path, mode="auto") as model:
+        assert model.mode_choice["how"] == "measured"
+        assert set(model.mode_choice["median_ms"]) == {"in-graph", "materialised"}
+    cuda = FakeCuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("8.2.1", cuda))
+    with pytest.raises(RuntimeError, match="older than 8.5"):
+        open_fake(bundle, (None, cuda), tmp_path)

@@ -1,8 +1,8 @@
 """`floatedge bench`: latency, throughput and switch cost of a bundle on a backend. Torch-free.
 
 Every ratio is measured side by side: the two things compared run alternately, one call each per round,
-in an order that flips every round, so a neighbour process slowing the machine slows both alike; ratios
-are of medians. Figures (p50/p99 in ms, throughput in images/s):
+in an order that flips every round, so a neighbour process slowing the machine slows both alike; a ratio
+is the median over rounds of the per-round ratio (`paired_ratio`). Figures (p50/p99 in ms, throughput in images/s):
 
 * latency per operating point × batch, with the plain export of the same width (`plain_model`: λ_n=0, no
   noise, one BN — a plain network) as the reference, run by a bare session with the runtime's options;
@@ -56,6 +56,13 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, budget_s: float,
             times[n].append(time.perf_counter() - t0)
         r += 1
     return times
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over rounds of a_i / b_i. The two calls of a round ran back to back, so a slow spell of the
+    machine (another job, a frequency change) divides out; a ratio of two medians does not survive a
+    bimodal machine (measured: 0.7–1.35 for two identical batch-32 sessions)."""
+    return float(np.median(np.asarray(a, dtype=np.float64) / np.asarray(b, dtype=np.float64)))
 
 
 def _images(spec: Any, batch: int, seed: int = 0) -> np.ndarray:
@@ -115,7 +122,8 @@ def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8
                 row = {"lambda_n": p.lambda_n, "width": p.width, "batch": b, "runtime": _stats(t["runtime"], b)}
                 if "plain" in t:
                     row["plain"] = _stats(t["plain"], b)
-                    row["ratio"] = row["runtime"]["p50_ms"] / row["plain"]["p50_ms"]
+                    row["ratio"] = paired_ratio(t["runtime"], t["plain"])
+                    row["ratio_of_medians"] = row["runtime"]["p50_ms"] / row["plain"]["p50_ms"]
                 out["latency"].append(row)
                 log(f"λ={p.lambda_n:g} w={p.width:g} b={b}: {row['runtime']['p50_ms']:.3f} ms"
                     + (f" (plain {row['plain']['p50_ms']:.3f}, ×{row['ratio']:.3f})" if "ratio" in row else ""))
@@ -143,10 +151,10 @@ def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8
                 nocheck.close()
                 row = {"width": w, "lambda_n": p.lambda_n, "batch": int(x.shape[0]), "runtime": _stats(t["runtime"], 1),
                        "bare": _stats(t["bare"], 1)}
-                row["overhead"] = row["runtime"]["p50_ms"] / row["bare"]["p50_ms"] - 1.0
-                row["overhead_mean"] = row["runtime"]["mean_ms"] / row["bare"]["mean_ms"] - 1.0
+                row["overhead"] = paired_ratio(t["runtime"], t["bare"]) - 1.0
+                row["overhead_of_medians"] = row["runtime"]["p50_ms"] / row["bare"]["p50_ms"] - 1.0
                 # what the NaN/Inf check costs, next to real inference (not in a tight loop)
-                row["finite_check"] = float(np.median(c["check"]) / np.median(c["nocheck"]) - 1.0)
+                row["finite_check"] = paired_ratio(c["check"], c["nocheck"]) - 1.0
                 out["overhead"].append(row)
                 log(f"overhead w={w:g}: {100 * row['overhead']:+.2f}% "
                     f"(NaN/Inf check {100 * row['finite_check']:+.2f}%)")
@@ -162,6 +170,8 @@ def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8
                 x = xs[b]
                 t = interleaved({m: (lambda r=r, x=x: r.infer(x)) for m, r in other.items()}, rounds, budget_s)
                 row = {"width": w, "lambda_n": p.lambda_n, "batch": b, **{m: _stats(v, b) for m, v in t.items()}}
+                if len(t) == 2:
+                    row["materialised_over_in_graph"] = paired_ratio(t["materialised"], t["in-graph"])
                 out["modes"].append(row)
                 log(f"modes w={w:g} b={b}: " + ", ".join(f"{m} {row[m]['p50_ms']:.3f} ms" for m in t))
         for r in other.values():
@@ -177,7 +187,7 @@ def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8
                 t = interleaved({"wide": lambda x=x: rt.infer(x), "narrow": lambda x=x: lo.infer(x)}, rounds, budget_s)
                 row = {"batch": b, "wide": max(widths), "narrow": min(widths),
                        "wide_ms": _stats(t["wide"], b)["p50_ms"], "narrow_ms": _stats(t["narrow"], b)["p50_ms"]}
-                row["ratio"] = row["narrow_ms"] / row["wide_ms"]
+                row["ratio"] = paired_ratio(t["narrow"], t["wide"])
                 out["width_ratio"].append(row)
                 log(f"width {min(widths):g}/{max(widths):g} b={b}: ×{row['ratio']:.3f}")
             lo.close()
@@ -260,6 +270,8 @@ def switch_under_load(bundle: str, backend: str = "auto", clients: int = 4, thre
                      "inflight_requests": len(inflight), "inflight_max_ms": max(inflight) * 1e3 if inflight else None,
                      "inflight_max_over_p50": (max(inflight) / ref) if inflight else None,
                      "quiet_max_over_p50": (max(q) / ref) if q else None,
+                     "inflight_p95_over_p50": float(np.percentile(inflight, 95) / ref) if inflight else None,
+                     "quiet_p95_over_p50": float(np.percentile(q, 95) / ref) if q else None,
                      "old_point_after_switch": len(late)})
         log(f"switch {s['label']}: in effect {rows[-1]['in_effect_ms']:.1f} ms, {len(inflight)} in flight, "
             f"max {rows[-1]['inflight_max_ms'] or 0:.2f} ms = ×{rows[-1]['inflight_max_over_p50'] or 0:.2f} p50 "
@@ -289,7 +301,7 @@ def format_table(res: dict[str, Any]) -> str:
                          ", ".join(f"{m} {r[m]['p50_ms']:.3f}" for m in ("in-graph", "materialised") if m in r))
     for r in res["overhead"]:
         lines.append(f"overhead over bare InferenceSession.run, width {r['width']:g} batch {r['batch']}: "
-                     f"{100 * r['overhead']:+.2f}% (p50), {100 * r['overhead_mean']:+.2f}% (mean); "
+                     f"{100 * r['overhead']:+.2f}% (paired), {100 * r['overhead_of_medians']:+.2f}% (medians); "
                      f"of which NaN/Inf check {100 * r['finite_check']:+.2f}%")
     for r in res["width_ratio"]:
         lines.append(f"width {r['narrow']:g} / {r['wide']:g} at batch {r['batch']}: {r['ratio']:.3f}")

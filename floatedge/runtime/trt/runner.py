@@ -79,7 +79,7 @@ class TensorRTBackend(Backend):
     def __init__(self, bundle: str | Path | Bundle, *, mode: str = "auto", point: OperatingPoint | None = None,
                  precision: str = "fp16", max_batch: int = 32, opt_batch: int = 8, cache_dir: str | Path | None = None,
                  workspace_mb: int = 256, check_finite: bool = True, cache_size: int = 8, verify: bool = True,
-                 cuda: tuple[str, ...] | None = None) -> None:
+                 cuda: tuple[str, ...] | Any | None = None) -> None:
         import tensorrt as trt
 
         self.trt = trt
@@ -98,7 +98,8 @@ class TensorRTBackend(Backend):
         self.cache_dir = Path(cache_dir or default_cache).expanduser()
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.cuda = load_cuda(cuda or self.api.cuda_modules)
+        # `cuda`: binding names to try in order, or an object with the `cuda.py` interface
+        self.cuda = load_cuda(cuda or self.api.cuda_modules) if cuda is None or isinstance(cuda, tuple) else cuda
         self.identity = jetson_identity()
         self.chw = tuple(int(v) for v in self.bundle.input_shape)
         self.classes = len(self.bundle.classes)
@@ -140,7 +141,7 @@ class TensorRTBackend(Backend):
             self._models[width] = (onnx.load_from_string(self.bundle.read(entry["file"])), entry)
         return self._models[width]
 
-    def _key(self, width: float, kind: str) -> EngineKey:
+    def _engine_key(self, width: float, kind: str) -> EngineKey:
         entry = self.bundle.model_entry(width)
         return EngineKey(onnx_sha256=self.bundle.manifest["files"][entry["file"]]["sha256"], kind=kind, width=width,
                          trt_version=self.trt.__version__, precision=self.precision,
@@ -163,7 +164,7 @@ class TensorRTBackend(Backend):
             if (width, kind) in self._slots:
                 return self._slots[(width, kind)]
             model, entry = self._model(width)
-            key = self._key(width, kind)
+            key = self._engine_key(width, kind)
 
             def build() -> bytes:
                 src = model
