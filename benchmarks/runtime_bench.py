@@ -56,6 +56,9 @@ def section(r20: dict, r34: dict, wall_s: float) -> str:
     quiet = max(sw["quiet_window_max_over_p50"]) if sw["quiet_window_max_over_p50"] else float("nan")
     sw34 = r34
     max_eff34 = max(s["in_effect_ms"] for s in sw34["switches"])
+    max_slow34 = max(s["inflight_max_over_p50"] or 0 for s in sw34["switches"])
+    quiet34 = max(s["quiet_max_over_p50"] or 0 for s in sw34["switches"])
+    quiets = [s["quiet_max_over_p50"] for s in cold if s["quiet_max_over_p50"]] or [float("nan")]
     lines = [
         "## Runtime (issue 5): ONNX Runtime CPU, FLOATS ResNet-20 bundle",
         "",
@@ -67,7 +70,9 @@ def section(r20: dict, r34: dict, wall_s: float) -> str:
         f"{d['onnxruntime']} CPU execution provider, {c['intra_op_threads']} intra-op thread per session, "
         f"{c['rounds']} interleaved rounds per figure at most (≤ {c['budget_s']:g} s each, ≥ 10 rounds), order "
         f"flipped every round; a ratio is the median over rounds of the per-round ratio (the two calls of a "
-        f"round run back to back, so the machine's slow spells divide out); whole run {wall_s / 60:.1f} min. "
+        f"round run back to back, so the machine's slow spells divide out)"
+        + (f"; whole run {wall_s / 60:.1f} min. " if wall_s else ". ")
+        +
         "Bundles from 1-epoch runs (latency does not depend on training).",
         "",
         f"Mode chosen by the runtime (measured at open, batch 1): **{d['mode']}** — "
@@ -92,11 +97,23 @@ def section(r20: dict, r34: dict, wall_s: float) -> str:
         f"| switch under {sw['clients']} client threads: failed requests | {sw['failed']} of {sw['requests']} | 0 | "
         f"{verdict(sw['failed'] == 0)} |",
         f"| switch: slowest request in flight / p50 (worst of {len(cold)} switches) | ×{max_slow:.1f} "
-        f"(same statistic in quiet windows without a switch: ×{quiet:.1f}) | ≤ ×{BAR_SLOW:g} | "
+        f"(control, a quiet window before each switch: up to ×{quiet:.1f}) | ≤ ×{BAR_SLOW:g} | "
         f"{verdict(max_slow <= BAR_SLOW)} |",
         f"| switch: new point in effect (worst of {len(cold)}) | {max_eff:.0f} ms | ≤ {BAR_EFFECT_MS:.0f} ms | "
         f"{verdict(max_eff <= BAR_EFFECT_MS)} |",
         f"| ResNet-34: new point in effect (worst of {len(sw34['switches'])}) | {max_eff34:.0f} ms | stated | — |",
+        f"| ResNet-34: slowest request in flight / p50 (worst of {len(sw34['switches'])}) | ×{max_slow34:.2f} "
+        f"(control ×{quiet34:.2f}) | ≤ ×{BAR_SLOW:g} | {verdict(max_slow34 <= BAR_SLOW)} |",
+        "",
+        f"Reading the switch rows: on this shared 2-core machine the client threads are preempted by other jobs "
+        f"for tens of milliseconds whether or not a switch happens — in a window of the same length just before "
+        f"each switch the slowest ResNet-20 request is already ×{min(quiets):.0f}–×{max(quiets):.0f} its p50 "
+        f"(~1 ms), so the ×2 bar cannot be met or judged here at batch 1; the p95 columns below compare the "
+        f"bulk of the distribution. ResNet-34 requests (~{sw34['switches'][0]['p50_before_ms']:.0f} ms at width 1 "
+        f"under this load) are longer than those stalls, and there the bar is measurable. Each request is "
+        f"compared with the p50 of the point it ran at. The ResNet-34 switch time is dominated by "
+        f"computing its 21 M effective weights and building a session for them while 4 clients keep both cores "
+        f"busy; the first switch of a width also loads that width.",
         "",
         "### Latency per operating point (runtime vs the plain export of the same width, side by side)",
         "",
@@ -128,9 +145,9 @@ def section(r20: dict, r34: dict, wall_s: float) -> str:
         lines += ["", f"### Switching under load: {name}, {s['clients']} client threads, batch {s['batch']}, "
                   f"mode {s['mode']}", "",
                   f"{s['requests']} requests, {s['failed']} failed; p50 without a switch {s['p50_ms']:.2f} ms, "
-                  f"p99 {s['p99_ms']:.2f} ms. \"Slowest / p50\" compares the slowest request in flight during the "
-                  "switch with the p50 of the old point under the same load; the control is the same statistic over "
-                  "a window of the same length just before the switch.", "",
+                  f"p99 {s['p99_ms']:.2f} ms. \"Slowest / p50\": each request in flight during the switch against the "
+                  "p50 of the point it ran at under the same load, worst of them; the control is the same statistic "
+                  "over a window of the same length just before the switch.", "",
                   "| switch | cached | in effect (call returns) | first result at new point | requests in flight | "
                   "slowest in flight | slowest / p50 | control: quiet window | p95 / p50 in flight | control |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -150,7 +167,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--budget", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--switch-only", action="store_true", help="Rerun only the switching tests.")
+    ap.add_argument("--render-only", action="store_true",
+                    help="Rewrite the RESULTS.md section from docs/results/runtime_bench.json without measuring.")
     args = ap.parse_args()
+    if args.switch_only:  # rerun the two switching tests, keep the rest of the saved figures
+        saved = json.loads((FIGURES / "runtime_bench.json").read_text())
+        r20 = Path(args.r20) if args.r20 else ensure_bundle("resnet20", 256, ROOT / "runs" / "runtime_bench_r20")
+        r34 = Path(args.r34) if args.r34 else ensure_bundle("resnet34", 64, ROOT / "runs" / "runtime_bench_r34")
+        kw = {"clients": 4, "threads": args.threads, "log": lambda s: print(s, flush=True)}
+        saved["resnet20"]["switch"] = switch_under_load(str(r20), "onnxruntime", **kw)
+        saved["resnet34_switch"] = switch_under_load(str(r34), "onnxruntime", **kw)
+        atomic_write_text(FIGURES / "runtime_bench.json", json.dumps(saved, indent=1, default=str) + "\n")
+        args.render_only = True
+    if args.render_only:
+        saved = json.loads((FIGURES / "runtime_bench.json").read_text())
+        print(update_section("runtime", section(saved["resnet20"], saved["resnet34_switch"], saved.get("wall_s", 0.0))))
+        return
     t0 = time.perf_counter()
     r20 = Path(args.r20) if args.r20 else ensure_bundle("resnet20", 256, ROOT / "runs" / "runtime_bench_r20")
     r34 = Path(args.r34) if args.r34 else ensure_bundle("resnet34", 64, ROOT / "runs" / "runtime_bench_r34")
@@ -163,7 +196,8 @@ def main() -> None:
     res20["conditions"]["load_avg_end"] = list(os.getloadavg())
     FIGURES.mkdir(parents=True, exist_ok=True)
     atomic_write_text(FIGURES / "runtime_bench.json",
-                      json.dumps({"resnet20": res20, "resnet34_switch": res34}, indent=1, default=str) + "\n")
+                      json.dumps({"resnet20": res20, "resnet34_switch": res34, "wall_s": wall}, indent=1,
+                                 default=str) + "\n")
     path = update_section("runtime", section(res20, res34, wall))
     print(f"wrote {path}")
 

@@ -400,6 +400,9 @@ def test_runtime_imports_and_runs_with_torch_hidden(bundle, reference):
             out = model.infer(parity_images(open_bundle({str(bundle)!r})))
             print(model.describe()["mode"])
         np.save(sys.argv[1], out)
+        from floatedge.cli import main  # the bench command too
+        main(["bench", {str(bundle)!r}, "--batches", "1", "--lambdas", "0", "--widths", "0.5", "--rounds", "2",
+              "--budget", "0", "--no-switch"], standalone_mode=False)
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
         try:
             import torch  # noqa: F401
@@ -411,6 +414,7 @@ def test_runtime_imports_and_runs_with_torch_hidden(bundle, reference):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-2:] == ["torch", "hidden"]
+    assert "overhead over bare InferenceSession.run" in proc.stdout
     np.testing.assert_allclose(np.load(out_file), want, atol=PARITY_TOL, rtol=0)
 
 
