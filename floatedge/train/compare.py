@@ -376,6 +376,9 @@ def format_report(s: dict, figs: dict[str, str]) -> str:
                      f"FLOATS/OATS = {ts['floats_over_oats']:.2f} (paper: OATS 1.90× slower, i.e. 0.53).")
     lines += ["", f"### CA / RA ({attack}) per λ, mean over seeds (± half the seed-to-seed range)", ""]
     lines += _curve_table(s)
+    best = max(pt["clean_acc"] for pt in s["points"])
+    lines += ["", f"One test image is {100 / s['n_test']:.2f} points. The highest clean accuracy of any model here is "
+              f"{100 * best:.1f}%: read the curves with that in mind."]
     lines += ["", "### FLOAT − OAT at each λ", ""]
     lines += _claims(s)
     lines += ["", f"![Fig. 7 analogue: CA–RA]({figs['fig7']})", "",
@@ -408,7 +411,7 @@ def _claims(s: dict) -> list[str]:
     lines = ["| λ | FLOAT λ_th | ΔCA vs OAT | ΔRA vs OAT | noise (max seed range) | verdict "
              "| ΔCA vs PGD-AT | ΔRA vs PGD-AT |",
              "|---|---|---|---|---|---|---|---|"]
-    wins = {"ra": 0, "ca": 0, "n": 0}
+    wins = {"ra": 0, "ca": 0, "n": 0, "oat_ra": 0, "oat_ca": 0}
     for lam in s["config"]["lambdas"]:
         o = idx.get(("oat", lam, 0.0, 1.0))
         pg = idx.get(("pgdat", lam, 0.0, 1.0))
@@ -428,14 +431,25 @@ def _claims(s: dict) -> list[str]:
                 wins["n"] += 1
                 wins["ca"] += dca > noise
                 wins["ra"] += dra > noise
+                wins["oat_ca"] += -dca > noise
+                wins["oat_ra"] += -dra > noise
             pgd = ("–", "–")
             if pg:
                 pgd = (f"{100 * (f['ca_mean'] - pg['ca_mean']):+.1f}", f"{100 * (f['ra_mean'] - pg['ra_mean']):+.1f}")
             lines.append(f"| {lam:g} | {th:g} | {100 * dca:+.1f} | {100 * dra:+.1f} | {100 * noise:.1f} | "
                          f"{', '.join(verdict)} | {pgd[0]} | {pgd[1]} |")
-    lines += ["", f"At λ_th = 0 (OAT's own BN routing) FLOAT beats OAT beyond the seed-to-seed range in CA at "
-              f"{wins['ca']} of {wins['n']} λs and in RA at {wins['ra']} of {wins['n']} λs. The paper claims "
-              "equal or better CA and RA at every λ; where a row says OAT, the claim does not hold at this scale."]
+    n = wins["n"]
+    lines += ["", f"At λ_th = 0 (OAT's own BN routing), beyond the seed-to-seed range: FLOAT better in CA at "
+              f"{wins['ca']} of {n} λs and in RA at {wins['ra']}; OAT better in CA at {wins['oat_ca']} and in RA at "
+              f"{wins['oat_ra']}. The paper claims FLOAT's CA and RA equal or better than OAT's at every λ (up to "
+              "+6.5 CA / +14.5 RA points)."]
+    if wins["oat_ca"] or wins["oat_ra"]:
+        lines.append("Where OAT is better beyond the noise, that claim does not hold at this scale.")
+    elif not (wins["ca"] or wins["ra"]):
+        lines.append("No difference exceeds the seed-to-seed range: at this scale the claim is neither confirmed "
+                     "nor refuted (the curves are equal within noise).")
+    else:
+        lines.append("FLOAT is never worse beyond the noise: consistent with the claim at this scale.")
     return lines
 
 
