@@ -166,7 +166,7 @@ def fold_film(model: nn.Module, lambda_n: float, width: float = 1.0) -> nn.Modul
     In eval mode BN is x ↦ a·x + b per channel and FiLM is y ↦ γ·y + β, so FiLM∘BN is a BN with weight γ·a_w
     and bias γ·b + β over the same running statistics (a_w, b: the BN's affine weight and bias). The copy has
     no MLPs and no λ input; its outputs equal the model's at (λ, width) in eval mode. The copy's other
-    conditional layers stay fixed at `width`: do not call `set_state` on it.
+    conditional layers stay fixed at `width`: do not call `set_state` on it. `model` is left set to (λ, width).
     """
     model.set_lambda(lambda_n, width)
     folded = copy.deepcopy(model).eval()
