@@ -58,6 +58,9 @@ def main() -> None:
                     help=f"eval result of the run (default: {DEFAULT_EVAL} for the default run)")
     ap.add_argument("--out", default=None, help="where to write the bundle (default: a temporary directory)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--section", default="export-bundle", help="docs/RESULTS.md section to write")
+    ap.add_argument("--title", default="Export bundle (issue 4): parity, size, export time")
+    ap.add_argument("--note", default="", help="a sentence about the run, put under the title")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -97,21 +100,24 @@ def main() -> None:
     scale = both["logit_scale"]
     ratio32, ratio16 = (both[d]["bytes"] / res.plain_bytes for d in ("float32", "float16"))
     table = m.get("operating_points")
+    lams = ", ".join(f"{x:g}" for x in VERIFY_LAMBDAS)
+    pending = f" ({DEFAULT_EVAL.name} not written yet)" if run == DEFAULT_RUN else ""
     table_note = (f"{len(table['rows'])} rows from `{table['source']}` ({table['n_images']} test images; "
-                  f"{', '.join(table['attacks'])})" if table else "none (no eval result given)")
+                  f"{', '.join(table['attacks'])})" if table else f"none: no eval result given{pending}")
     sizes = " · ".join(f"w={w:g}: {res.model_bytes[w] / 1e6:.2f} MB vs {res.plain_model_bytes[w] / 1e6:.2f} MB"
                        for w in widths)
-    body = f"""## Export bundle (issue 4): parity, size, export time
+    note = f"{args.note}\n" if args.note else ""
+    body = f"""## {args.title}
 
-Written by `benchmarks/export_bundle.py --run {run}{f" --eval {eval_file}" if eval_file else ""}`.
+{note}Written by `benchmarks/export_bundle.py --run {run}{f" --eval {eval_file}" if eval_file else ""}`.
 Run: `{m['method']}` `{m['architecture']}` on {m['provenance']['dataset']['name']}, epoch {m['provenance']['epoch']},
 widths {", ".join(f"{w:g}" for w in widths)}, λ_th = {bundle.lambda_th:g}, opset {m['models'][0]['opset']}.
 Machine: {machine()}; ONNX Runtime CPU, 1 thread; load average {load0:.1f} → {load1:.1f} (shared with training jobs,
 so times are wall-clock under contention).
 
-**`floatedge verify --run`: {verdict}** — checksums of {len(report.files)} files + manifest, `onnx.checker` (full check)
-on every width, and parity at λ_n ∈ {{{", ".join(f"{x:g}" for x in VERIFY_LAMBDAS)}}} × every width on
-{report.n_images} seeded uniform images, tolerance {PARITY_TOL:g}. Shipped η: **{res.eta_dtype}** (`--eta-dtype auto`).
+**`floatedge verify --run`: {verdict}** — checksums of {len(report.files)} model file(s) + manifest,
+`onnx.checker` (full check) on every width, and parity at λ_n ∈ {{{lams}}} × every width on {report.n_images}
+seeded uniform images, tolerance {PARITY_TOL:g}. Shipped η: **{res.eta_dtype}** (`--eta-dtype auto`).
 
 | | |
 |---|---|
@@ -139,7 +145,7 @@ Where the size goes: the runtime-scalable model stores W and η (same shape as W
 ≈ 2× a plain model with float32 η and ≈ 1.5× with float16 η; the static form for any other operating point is
 generated on demand (`floatedge static`) and not stored.
 """
-    update_section("export-bundle", body)
+    update_section(args.section, body)
     print(body)
 
 
