@@ -135,11 +135,29 @@ def format_table(result: dict) -> str:
     lines = [head]
     for r in result["rows"]:
         lines.append([f"{r['width']:g}", f"{r['lambda_th']:g}", f"{r['lambda_n']:g}", f"{r['noise_scale']:.2f}",
-                      r["bn"], f"{100 * r['clean_acc']:.2f}"] + [f"{100 * r[a + '_acc']:.2f}" for a in attacks])
+                      r["bn"], f"{100 * r['clean_acc']:.2f}"] + [_pct(r.get(a + "_acc")) for a in attacks])
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
     out = ["  ".join(str(c).rjust(w) for c, w in zip(row, widths)) for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def merge_results(base: dict, extra: dict) -> dict:
+    """Add `extra`'s attack columns to `base`'s rows with the same effective operating point (s, BN, width);
+    rows `extra` did not measure get None (shown as —). Lets a costly attack run on a few points only."""
+    key = lambda r: (round(r["noise_scale"], 9), r["bn"], r["width"])  # noqa: E731
+    found = {key(r): r for r in extra["rows"]}
+    merged = dict(base, attacks={**base["attacks"], **extra["attacks"]}, rows=[])
+    for r in base["rows"]:
+        row = dict(r)
+        for a in extra["attacks"]:
+            row[f"{a}_acc"] = found[key(r)][f"{a}_acc"] if key(r) in found else None
+        merged["rows"].append(row)
+    return merged
 
 
 def write_csv(result: dict, path: str | Path) -> None:
