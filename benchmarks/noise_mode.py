@@ -10,8 +10,8 @@ import argparse
 import time
 
 import torch
-
 from _results import CIFAR10, FIGURES, ROOT, machine, update_section
+
 from floatedge.fsutil import atomic_write_json
 from floatedge.train.evaluate import evaluate, format_table
 from floatedge.train.trainer import TrainConfig, train

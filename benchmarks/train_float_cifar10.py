@@ -13,8 +13,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-
 from _results import CIFAR10, FIGURES, ROOT, machine, update_section
+
 from floatedge.train.evaluate import evaluate, format_table, merge_results, save_result
 from floatedge.train.trainer import TrainConfig, read_log, train
 

@@ -17,8 +17,8 @@ test it against the paper's two tables. Training uses only λ ∈ {0, 1}: (BN_C,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -142,7 +142,7 @@ class OperatingPoint:
         return {"lambda_n": self.lambda_n, "width": self.width, "lambda_th": self.lambda_th}
 
     @classmethod
-    def training(cls, adversarial: bool, width: float = 1.0) -> "OperatingPoint":
+    def training(cls, adversarial: bool, width: float = 1.0) -> OperatingPoint:
         """FLOAT trains only at its two boundaries: λ=0 (BN_C, s=0) and λ=1 (BN_A, s=1)."""
         return cls(1.0 if adversarial else 0.0, width, 0.0)
 

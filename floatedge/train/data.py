@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ class Dataset:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
-    def limit(self, train: int | None = None, test: int | None = None, seed: int = 0) -> "Dataset":
+    def limit(self, train: int | None = None, test: int | None = None, seed: int = 0) -> Dataset:
         """A seeded random subset (the shared CIFAR-10 is not in official order, so no index slices)."""
         g = torch.Generator().manual_seed(seed)
         xt, yt, xs, ys = self.x_train, self.y_train, self.x_test, self.y_test
@@ -93,7 +93,9 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise DataError(f"refusing to unpickle {module}.{name}: not a CIFAR data file")
-        return super().find_class(module.replace("numpy.core.", "numpy._core.") if module.startswith("numpy.core") and hasattr(np, "_core") else module, name)
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module.removeprefix("numpy.core.")  # numpy 2 renamed it; avoids a warning
+        return super().find_class(module, name)
 
 
 def safe_load_pickle(path: Path) -> dict:

@@ -11,8 +11,8 @@ import csv
 import io
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -137,7 +137,7 @@ def format_table(result: dict) -> str:
         lines.append([f"{r['width']:g}", f"{r['lambda_th']:g}", f"{r['lambda_n']:g}", f"{r['noise_scale']:.2f}",
                       r["bn"], f"{100 * r['clean_acc']:.2f}"] + [_pct(r.get(a + "_acc")) for a in attacks])
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
-    out = ["  ".join(str(c).rjust(w) for c, w in zip(row, widths)) for row in lines]
+    out = ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=False)) for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
@@ -187,7 +187,7 @@ def plot_tradeoff(result: dict, path: str | Path, attack: str | None = None, tit
         xs = [100 * r["clean_acc"] for r in rs]
         ys = [100 * r[f"{attack}_acc"] for r in rs]
         ax.plot(xs, ys, styles.get(th, "^-"), label=f"width {w:g}, λ_th={th:g}")
-        for r, xv, yv in zip(rs, xs, ys):
+        for r, xv, yv in zip(rs, xs, ys, strict=False):
             ax.annotate(f"{r['lambda_n']:g}", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("clean accuracy CA (%)")
     ax.set_ylabel(f"robust accuracy RA under {attack} (%)")

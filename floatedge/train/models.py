@@ -6,8 +6,8 @@ reaches the layers only through `FloatModel.set_state`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -224,7 +224,7 @@ class ResNet(FloatModel):
         self.conv1 = spec.conv([in_channels] * len(spec.widths), planes[0], 3, 1, 1)
         self.bn1 = spec.bn(planes[0])
         layers, cin = [], planes[0]
-        for i, (n, p) in enumerate(zip(blocks, planes)):
+        for i, (n, p) in enumerate(zip(blocks, planes, strict=False)):
             stride = 1 if i == 0 else 2
             stage = []
             for j in range(n):
