@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import platform
-import re
 from pathlib import Path
 
 import torch
 
-from floatedge.fsutil import atomic_write_text
+from floatedge.fsutil import update_markdown_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "RESULTS.md"
@@ -20,10 +19,6 @@ def machine() -> str:
 
 
 def update_section(name: str, body: str) -> Path:
-    """Replace the text between <!-- BEGIN name --> and <!-- END name --> (append the section if new)."""
-    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n\nEvery figure here is written by a script in `benchmarks/`.\n"
-    block = f"{begin}\n{body.strip()}\n{end}"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    return atomic_write_text(RESULTS, text)
+    """Write this benchmark's section of docs/RESULTS.md (the rest of the file is left as it is)."""
+    return update_markdown_section(RESULTS, name, body,
+                                   header="# Results\n\nEvery figure here is written by a script in `benchmarks/`.\n")

@@ -54,3 +54,17 @@ def check_writable_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise OSError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
     return path
+
+
+def update_markdown_section(path: str | Path, name: str, body: str, header: str = "# Results\n") -> Path:
+    """Replace the text between <!-- BEGIN name --> and <!-- END name --> in `path` (append it if new), atomically.
+    How benchmarks and `floatedge compare` write their own section of docs/RESULTS.md without touching the rest."""
+    import re
+
+    path = Path(path)
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    text = path.read_text() if path.exists() else header
+    block = f"{begin}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    return atomic_write_text(path, text)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from floatedge.fsutil import atomic_write, atomic_write_json, atomic_write_text, check_writable_dir
+from floatedge.fsutil import atomic_write, atomic_write_json, atomic_write_text, check_writable_dir, update_markdown_section
 from floatedge.oppoint import PAPER_LAMBDAS, OperatingPointError, parse_lambdas
 
 from .attacks import ATTACKS
@@ -542,19 +542,6 @@ def plot_fig9(s: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
-
-
-def update_markdown_section(path: str | Path, name: str, body: str) -> Path:
-    """Replace the text between <!-- BEGIN name --> and <!-- END name --> in `path` (append it if new)."""
-    import re
-
-    path = Path(path)
-    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    text = path.read_text() if path.exists() else "# Results\n"
-    block = f"{begin}\n{body.strip()}\n{end}"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    return atomic_write_text(path, text)
 
 
 __all__ = ["CompareConfig", "CompareError", "RunSpec", "compare", "plan", "summarise", "format_report",
