@@ -76,18 +76,28 @@ def models_cmd() -> None:
 @user_errors
 def train_cmd(method, arch, dataset, data_path, epochs, batch_size, lr, weight_decay, widths, lam, noise_mode,
               film_dim, pgd_steps, limit_train, seed, device, no_amp, threads, out, resume, quiet) -> None:
-    """Train a FLOAT/FLOATS model (or an OAT/OATS, PGD-AT or standard baseline) into a run directory."""
-    from floatedge.train.trainer import TrainConfig, read_log, train
+    """Train a FLOAT/FLOATS model (or an OAT/OATS, PGD-AT or standard baseline) into a run directory.
 
-    cfg = TrainConfig(method=method, arch=arch, dataset=dataset, data=data_path, epochs=epochs, batch_size=batch_size,
-                      lr=lr, weight_decay=weight_decay, widths=widths, lam=lam, noise_mode=noise_mode,
-                      pgd_steps=pgd_steps, limit_train=limit_train, seed=seed, device=device, amp=not no_amp,
-                      threads=threads, film_dim=film_dim)
+    With --resume, flags left at their defaults take the run's recorded values, so
+    `floatedge train --out RUN --resume` is enough to continue a run."""
+    from floatedge.train.trainer import CHECKPOINT, TrainConfig, load_checkpoint, read_log, train
+
+    kwargs = dict(method=method, arch=arch, dataset=dataset, data=data_path, epochs=epochs, batch_size=batch_size,
+                  lr=lr, weight_decay=weight_decay, widths=widths, lam=lam, noise_mode=noise_mode, pgd_steps=pgd_steps,
+                  limit_train=limit_train, seed=seed, device=device, amp=not no_amp, threads=threads, film_dim=film_dim)
+    if resume and (Path(out) / CHECKPOINT).exists():
+        saved = load_checkpoint(out)["config"]
+        ctx = click.get_current_context()
+        for param in ctx.params:
+            field = "data" if param == "data_path" else param
+            if field in saved and field in kwargs and ctx.get_parameter_source(param) == click.core.ParameterSource.DEFAULT:
+                kwargs[field] = saved[field]
+    cfg = TrainConfig(**kwargs)
     run = train(cfg, out, resume=resume, progress=not quiet)
     log = read_log(run)
     if log and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         last = log[-1]
-        click.echo(f"trained {method} {arch} on {dataset}: epoch {last['epoch']}, loss {last['loss']:.3f}, "
+        click.echo(f"trained {cfg.method} {cfg.arch} on {cfg.dataset}: epoch {last['epoch']}, loss {last['loss']:.3f}, "
                    f"clean train acc {100 * last['train_clean_acc']:.1f}%, adv train acc "
                    f"{100 * last['train_adv_acc']:.1f}% → {run}")
 

@@ -259,3 +259,16 @@ def test_errors_in_a_real_process(tmp_path, case, write_cifar10, hostile_pickle)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], done.stderr
     assert not sentinel.exists()
+
+
+def test_resume_needs_only_out_and_keeps_the_recorded_config(tmp_path):
+    """`train --out RUN --resume --epochs N` continues a non-default run (tiny/synthetic/floats) without retyping."""
+    out = tmp_path / "run"
+    first = CliRunner().invoke(main, ["train", "--method", "floats", "--widths", "1,0.5", "--arch", "tiny", "--dataset",
+                                      "synthetic", "--epochs", "1", "--pgd-steps", "1", "--out", str(out), "--quiet"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert "trained floats tiny on synthetic: epoch 2" in again.output
+    ckpt = torch.load(out / CHECKPOINT, weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["widths"] == [1.0, 0.5] and ckpt["config"]["pgd_steps"] == 1
