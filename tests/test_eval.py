@@ -137,3 +137,22 @@ def test_saved_noise_is_the_recorded_draw(tmp_path, synthetic, noise_mode):
     again.set_operating_point(OperatingPoint(1.0))
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
+
+
+def test_merge_results_keeps_each_costly_attack_where_it_ran():
+    """AutoAttack run at λ_n=1 and at λ_n=0 in separate jobs: merging both keeps both (a later merge must not
+    blank what an earlier one filled), and points neither measured read None."""
+    from floatedge.train.evaluate import format_table, merge_results
+
+    def row(lam, s, bn, **acc):
+        return {"lambda_n": lam, "width": 1.0, "lambda_th": 0.0, "noise_scale": s, "bn": bn, "clean_acc": 0.5, **acc}
+
+    base = {"attacks": {"pgd20": "PGD-20"}, "rows": [row(0.0, 0.0, "clean", pgd20_acc=0.1),
+                                                      row(0.7, 0.7, "adv", pgd20_acc=0.2),
+                                                      row(1.0, 1.0, "adv", pgd20_acc=0.3)]}
+    aa1 = {"attacks": {"autoattack": "AA"}, "rows": [row(1.0, 1.0, "adv", autoattack_acc=0.25)]}
+    aa0 = {"attacks": {"autoattack": "AA"}, "rows": [row(0.0, 0.0, "clean", autoattack_acc=0.05)]}
+    merged = merge_results(merge_results(base, aa1), aa0)
+    assert [r["autoattack_acc"] for r in merged["rows"]] == [0.05, None, 0.25]
+    assert [r["pgd20_acc"] for r in merged["rows"]] == [0.1, 0.2, 0.3]
+    assert "—" in format_table(merged)

@@ -155,7 +155,10 @@ def merge_results(base: dict, extra: dict) -> dict:
     for r in base["rows"]:
         row = dict(r)
         for a in extra["attacks"]:
-            row[f"{a}_acc"] = found[key(r)][f"{a}_acc"] if key(r) in found else None
+            if key(r) in found:
+                row[f"{a}_acc"] = found[key(r)][f"{a}_acc"]
+            else:
+                row.setdefault(f"{a}_acc", None)  # keep what an earlier merge put there
         merged["rows"].append(row)
     return merged
 
