@@ -87,6 +87,7 @@ def main() -> None:
         aa1 = rows[(0.0, 1.0)]["autoattack_acc"]
         checks.append(f"- AutoAttack RA at λ_n=1 = {100 * aa1:.2f}% vs PGD-20 {100 * ra1:.2f}%: gap {100 * (ra1 - aa1):.2f} "
                       f"points (bar ≤ 5): {'PASS' if ra1 - aa1 <= 0.05 else 'FAIL'}")
+    aa_text = ", ".join(f"{v:g}" for v in aa_lambdas)
     alphas = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     alpha_vals = [float(v) for k, v in alphas.items() if k.endswith(".alpha")]
     body = f"""## FLOAT ResNet-20 on CIFAR-10, noise mode `{args.noise_mode}`
@@ -95,7 +96,7 @@ Written by `benchmarks/train_float_cifar10.py --noise-mode {args.noise_mode}`.
 
 Scale: {cfg.limit_train or 50000} training images (of the 50,000), {cfg.epochs} epochs, batch {cfg.batch_size},
 SGD lr {cfg.lr} cosine, PGD-7 (ε=8/255, step 2/255) on half of each batch; evaluation on {result['n_images']} test images
-(seeded subset): PGD-20 at every point, AutoAttack (standard) at λ_n ∈ {{{", ".join(f"{v:g}" for v in aa_lambdas)}}} (— where not run: it costs
+(seeded subset): PGD-20 at every point, AutoAttack (standard) at λ_n ∈ {{{aa_text}}} (— where not run: it costs
 10–25 min per robust point on this CPU), ε=8/255. Machine: {machine()}.
 Training took {train_s / 60:.1f} min this invocation ({sum(r['seconds'] for r in log) / 60:.1f} min over all epochs,
 {log[-1]['images_per_s']:.0f} images/s in the last epoch); evaluation {eval_s / 60:.1f} min this invocation
