@@ -30,14 +30,13 @@ def _evaluate(out: Path, args) -> dict:
     aa_lambdas = tuple(float(v) for v in args.aa_lambdas.split(",") if v.strip())
     # the most robust point (slowest AutoAttack) first, so it starts at once
     jobs = [dict(attacks=["autoattack"], lambdas=(lam,), lambda_ths=(0.0,)) for lam in sorted(aa_lambdas)[::-1]]
-    jobs.insert(min(1, len(jobs)), dict(attacks=args.attacks.split(",")))
+    grid_at = min(1, len(jobs))
+    jobs.insert(grid_at, dict(attacks=args.attacks.split(",")))
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = [f.result() for f in [pool.submit(_eval_job, str(out), args.eval_limit, args.data, job) for job in jobs]]
-    grid = next(p for p in parts if "pgd20" in p["attacks"] or len(p["rows"]) > 1)
-    result = grid
+    result = parts.pop(grid_at)
     for extra in parts:
-        if extra is not grid:
-            result = merge_results(result, extra)
+        result = merge_results(result, extra)
     return result
 
 

@@ -21,7 +21,7 @@ from floatedge.oppoint import PAPER_LAMBDA_THS, PAPER_LAMBDAS, OperatingPoint
 
 from .attacks import ATTACKS, run_attack
 from .data import load_dataset, to_float
-from .trainer import TrainError, load_model, resolve_device
+from .trainer import TrainError, load_model, progress_bar, resolve_device
 
 
 class EvalError(ValueError):
@@ -85,7 +85,7 @@ def evaluate(
     cache: dict[tuple, dict] = {}
     rows = []
     todo = {p.effective() for p in points}
-    bar = _bar(len(todo) * (1 + len(attacks)), progress)
+    bar = progress_bar(len(todo) * (1 + len(attacks)), "eval", progress)
     for p in points:
         key = p.effective()
         if key not in cache:
@@ -123,10 +123,6 @@ def evaluate(
     }
 
 
-def _bar(total: int, enabled: bool):
-    from .trainer import _progress
-
-    return _progress(total, "eval", enabled)
 
 
 def format_table(result: dict) -> str:

@@ -381,7 +381,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         model.train()
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "clean_correct": 0, "clean_n": 0, "adv_correct": 0, "adv_n": 0, "images": 0}
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and dist_info.main)
+        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and dist_info.main)
         for step in range(steps_per_epoch):
             idx = order[step * local_batch : (step + 1) * local_batch]
             x = to_float(ds.x_train[idx])
@@ -473,7 +473,8 @@ def _log_epoch(line: str) -> float:
         return float("inf")
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar when enabled (and tqdm is installed), else an object that ignores every call."""
     if enabled:
         try:
             from tqdm import tqdm
