@@ -5,6 +5,7 @@ limits here: those belong to `floatedge bench` and docs/RESULTS.md."""
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from floatedge.cli import main
 from floatedge.export.torch_export import export_bundle
 from floatedge.export.verify import ort_session, parity_images, run_scalable
 from floatedge.oppoint import OperatingPoint, OperatingPointError
-from floatedge.runtime.base import InputSpec
+from floatedge.runtime.base import FairGate, InputSpec, usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,11 +158,12 @@ def test_points_with_equal_effect_share_one_executable(bundle):
 
 
 # ------------------------------------------------------------------------------------------ switching
-@pytest.mark.parametrize("mode", ["in-graph", "materialised"])
-def test_switch_during_concurrent_inference_loses_nothing_and_mixes_nothing(bundle, reference, mode):
+@pytest.mark.parametrize(("mode", "concurrency"), [("in-graph", None), ("materialised", None), ("materialised", 0)])
+def test_switch_during_concurrent_inference_loses_nothing_and_mixes_nothing(bundle, reference, mode, concurrency):
     """4 real client threads infer without pause while λ and width change (cold and cached points,
-    blocking and non-blocking switches). Every request must succeed, and its logits must be exactly
-    those of the operating point it reports — a half-switched model would match neither point."""
+    blocking and non-blocking switches), through the runtime's request gate (default) and without one (0).
+    Every request must succeed, and its logits must be exactly those of the operating point it reports —
+    a half-switched model would match neither point."""
     b, images, ref = reference
     plan = [OperatingPoint(lam, w, b.lambda_th) for w, lam in
             [(1.0, 0.7), (0.5, 0.7), (0.5, 0.2), (0.75, 1.0), (1.0, 0.0), (0.5, 0.7), (0.75, 0.4), (1.0, 0.7)]]
@@ -172,7 +174,7 @@ def test_switch_during_concurrent_inference_loses_nothing_and_mixes_nothing(bund
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    with open_rt(bundle, mode=mode) as model:
+    with open_rt(bundle, mode=mode, concurrency=concurrency) as model:
         def client(k: int) -> None:
             while not stop.is_set():
                 t0 = time.perf_counter()
@@ -225,6 +227,146 @@ def test_switch_during_concurrent_inference_loses_nothing_and_mixes_nothing(bund
             for t0, _, point, _ in recs:
                 if t0 > t_done:
                     assert point in later
+
+
+# ------------------------------------------------------------------------------------------ request gate
+def _enter_in_turn(gate: FairGate, n: int) -> list[int]:
+    """Threads 0..n-1 queue on `gate` one after another (each is queued before the next starts) while
+    the test holds every slot. Then one slot is freed, and each admitted thread stays inside until the
+    test has seen it, so admissions happen one at a time. Returns the order in which they got in."""
+    admitted: queue.Queue[int] = queue.Queue()
+    leave = [threading.Event() for _ in range(n)]
+
+    def worker(i: int) -> None:
+        with gate:
+            admitted.put(i)
+            leave[i].wait(10)
+
+    threads = []
+    for i in range(n):
+        t = threading.Thread(target=worker, args=(i,))
+        t.start()
+        threads.append(t)
+        deadline = time.monotonic() + 10
+        while len(gate._waiters) < i + 1:  # queued: its own lock is in the queue
+            assert time.monotonic() < deadline, "worker never queued"
+            time.sleep(0.001)
+    order = []
+    gate.release()  # one slot: the head of the queue gets in
+    for _ in range(n):
+        i = admitted.get(timeout=10)
+        order.append(i)
+        leave[i].set()  # it leaves, handing its slot to the next in line
+    for t in threads:
+        t.join(timeout=10)
+    for _ in range(gate.slots - 1):
+        gate.release()  # the slots the test still holds
+    return order
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_gate_serves_first_come_first_served(slots):
+    gate = FairGate(slots)
+    for _ in range(slots):
+        gate.acquire()  # the test holds every slot
+    assert _enter_in_turn(gate, 6) == list(range(6))
+    assert gate._free == slots and not gate._waiters  # every slot came back
+
+
+def test_gate_hands_a_released_slot_to_the_waiter_not_back_to_the_releaser():
+    """A thread that releases and at once asks again queues behind the thread already waiting
+    (threading.Semaphore would let it barge back in)."""
+    gate = FairGate(1)
+    gate.acquire()
+    order: list[str] = []
+    waiter = threading.Thread(target=lambda: (gate.acquire(), order.append("waiter"), gate.release()))
+    waiter.start()
+    while not gate._waiters:
+        time.sleep(0.001)
+    gate.release()
+    gate.acquire()  # the releaser asks again at once
+    order.append("releaser")
+    gate.release()
+    waiter.join(timeout=10)
+    assert order == ["waiter", "releaser"]
+
+
+def test_gate_never_admits_more_than_its_slots():
+    gate, inside, peak, lock = FairGate(2), [0], [0], threading.Lock()
+
+    def worker() -> None:
+        for _ in range(300):
+            with gate:
+                with lock:
+                    inside[0] += 1
+                    peak[0] = max(peak[0], inside[0])
+                time.sleep(0)  # let the others run while inside
+                with lock:
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2 and inside[0] == 0
+
+
+def test_runtime_runs_at_most_concurrency_requests_at_once(bundle):
+    """Real ORT executables, wrapped to count how many run at once, under 4 client threads."""
+    with open_rt(bundle, mode="materialised", concurrency=1) as model:
+        assert model.describe()["concurrency"] == 1
+        inner = model._active.exe
+        state = {"inside": 0, "peak": 0}
+        lock = threading.Lock()
+
+        class Counting:
+            def run(self, x):
+                with lock:
+                    state["inside"] += 1
+                    state["peak"] = max(state["peak"], state["inside"])
+                try:
+                    return inner.run(x)
+                finally:
+                    with lock:
+                        state["inside"] -= 1
+
+            def alive(self):
+                return True
+
+        model._active = model._active._replace(exe=Counting())
+        x = np.zeros((2, 3, 16, 16), np.float32)
+        want = inner.run(x)
+        outs: list[np.ndarray] = []
+
+        def client() -> None:
+            for _ in range(40):
+                outs.append(model.infer(x) if len(outs) % 2 else model.run(x).logits)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert state["peak"] == 1 and len(outs) == 160
+    for out in outs:
+        np.testing.assert_array_equal(out, want)
+
+
+def test_concurrency_default_and_bad_values(bundle):
+    from floatedge.runtime.onnxrt import default_concurrency
+
+    assert default_concurrency(None) == 1  # ORT's default pool already uses every core
+    assert default_concurrency(1) == usable_cpus()
+    assert default_concurrency(10 * usable_cpus()) == 1
+    with open_rt(bundle) as model:
+        assert model.concurrency == usable_cpus()  # threads=1
+    with rt.open(bundle, concurrency=0) as model:
+        assert model.concurrency == 0 and model._gate is None
+    with pytest.raises(ValueError, match="concurrency must be ≥ 0"):
+        rt.open(bundle, concurrency=-1)
+    with pytest.raises(ValueError, match="at least one slot"):
+        FairGate(0)
 
 
 def test_switches_apply_in_order_and_compose(bundle):
@@ -423,7 +565,7 @@ def test_bench_cli_writes_json_and_table(bundle, tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", str(bundle), "--batches", "1,4", "--lambdas", "0,0.7",
                                        "--widths", "1,0.5", "--rounds", "2", "--budget", "0", "--clients", "2",
-                                       "--json", str(out)])
+                                       "--concurrency", "1", "--json", str(out)])
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())
     assert res["backend"] == "onnxruntime"
@@ -435,6 +577,7 @@ def test_bench_cli_writes_json_and_table(bundle, tmp_path):
     assert {m for r in res["modes"] for m in rt.MODES if m in r} == set(rt.MODES)
     sw = res["switch"]
     assert sw["failed"] == 0 and len(sw["switches"]) == 4 and sw["requests"] > 0
+    assert sw["concurrency"] == 1 and sw["throughput"] > 0
     assert [s["cached"] for s in sw["switches"]] == [False, False, False, True]
     assert "ratio" in result.output and "switching under load" in result.output
 

@@ -38,10 +38,15 @@ from floatedge.oppoint import OperatingPoint, noise_scale_array
 from .graph import BN_PARAMS, BN_SETS, initializer_arrays, noisy_weight_name, prune
 
 
-def point_arrays(model: onnx.ModelProto, entry: Mapping, op: OperatingPoint) -> dict[str, np.ndarray]:
+def point_arrays(model: onnx.ModelProto, entry: Mapping, op: OperatingPoint,
+                 inits: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The tensors that depend on the operating point, computed from a scalable model's initializers:
-    noisy conv/linear weights (`<layer>.weight`) and the selected BN parameters (`<bn>.<param>`)."""
-    inits = initializer_arrays(model)
+    noisy conv/linear weights (`<layer>.weight`) and the selected BN parameters (`<bn>.<param>`).
+
+    `inits`: `initializer_arrays(model)`, when the caller keeps it across points (a runtime switching
+    point: decoding every initializer is ~80% of this function's time)."""
+    if inits is None:
+        inits = initializer_arrays(model)
     s, use_adv = noise_scale_array(np.float32(op.lambda_n), op.lambda_th)
     s = np.float32(s)
     bn_set = BN_SETS[int(bool(use_adv))]

@@ -14,10 +14,11 @@ A backend implements `_prepare(point, mode) -> Executable`, `_input_spec()`, `op
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -134,13 +135,82 @@ class _Active(NamedTuple):
     point: OperatingPoint
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or `taskset`'s), else the count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class FairGate:
+    """At most `slots` holders at once; the others wait, served strictly first come, first served.
+
+    Why the runtime has one: concurrent requests beyond the cores they need do not finish sooner, they
+    preempt one another. Measured on 2 cores, 4 client threads, ResNet-20 batch 1 (docs/RESULTS.md): without
+    a gate the slowest request of a 40 ms window is ×5–×23 the p50, because the OS parks a runnable
+    inference thread for a scheduler slice (several ms) to run another; with a 2-slot gate the waiting
+    threads sleep instead, and a request's latency is its queue position times the service time.
+
+    A released slot is handed to the oldest waiter directly (each waiter sleeps on its own lock), so a
+    thread that just released cannot barge back in ahead of it: `threading.Semaphore` makes no such
+    promise, and its barging is a tail-latency source of its own."""
+
+    __slots__ = ("slots", "_free", "_lock", "_waiters")
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"a gate needs at least one slot, got {slots}")
+        self.slots = int(slots)
+        self._free = self.slots
+        self._lock = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+
+    def acquire(self) -> None:
+        lock = self._lock  # explicit acquire/release: this is on every request (~0.7 µs a pair)
+        lock.acquire()
+        if self._free and not self._waiters:
+            self._free -= 1
+            lock.release()
+            return
+        mine = threading.Lock()
+        mine.acquire()
+        self._waiters.append(mine)
+        lock.release()
+        mine.acquire()  # released by `release`, which hands us its slot
+
+    def release(self) -> None:
+        lock = self._lock
+        lock.acquire()
+        if self._waiters:
+            self._waiters.popleft().release()  # the slot passes on; `_free` is unchanged
+        else:
+            self._free += 1
+        lock.release()
+
+    def __enter__(self) -> FairGate:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Backend:
-    """Open a bundle, infer, switch operating point, describe inputs, close; a context manager."""
+    """Open a bundle, infer, switch operating point, describe inputs, close; a context manager.
+
+    `concurrency`: how many requests run at once (the others queue, first come first served, see
+    `FairGate`); 0 lets every calling thread run at once. Each backend sets its default."""
 
     name: ClassVar[str] = "base"
     modes: ClassVar[tuple[str, ...]] = MODES
 
-    def __init__(self, widths: tuple[float, ...], lambda_th: float, *, cache_size: int = 8) -> None:
+    def __init__(self, widths: tuple[float, ...], lambda_th: float, *, cache_size: int = 8,
+                 concurrency: int = 0) -> None:
+        if concurrency < 0:
+            raise ValueError(f"concurrency must be ≥ 0 (0: unbounded), got {concurrency}")
+        self.concurrency = int(concurrency)
+        self._gate = FairGate(concurrency) if concurrency else None
         self.widths = tuple(widths)
         self.lambda_th = float(lambda_th)
         self.mode: str = ""
@@ -216,26 +286,42 @@ class Backend:
         if spec is None:
             raise ClosedError(f"{self.name} runtime is closed")
         x = spec.check(images)
-        for _ in range(8):
-            active = self._active
-            if active is None:
-                raise ClosedError(f"{self.name} runtime is closed")
-            try:
-                return Result(active.exe.run(x), active.point)
-            except Stale:  # its weights were swapped after we picked it: run on the new current one
-                continue
-        raise RuntimeError("operating point kept changing under the request; retried 8 times")
+        gate = self._gate
+        if gate is not None:
+            gate.acquire()
+        try:
+            for _ in range(8):
+                active = self._active  # read after the queue: a switch made while we waited applies
+                if active is None:
+                    raise ClosedError(f"{self.name} runtime is closed")
+                try:
+                    return Result(active.exe.run(x), active.point)
+                except Stale:  # its weights were swapped after we picked it: run on the new current one
+                    continue
+            raise RuntimeError("operating point kept changing under the request; retried 8 times")
+        finally:
+            if gate is not None:
+                gate.release()
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Logits for a float32 N×C×H×W batch at the current operating point."""
-        spec, active = self._spec, self._active  # the short path of `run`: this is the hot call
-        if spec is None or active is None:
+        spec, gate = self._spec, self._gate  # the short path of `run`: this is the hot call
+        if spec is None:
             raise ClosedError(f"{self.name} runtime is closed")
         x = spec.check(images)
+        if gate is not None:
+            gate.acquire()
         try:
+            active = self._active
+            if active is None:
+                raise ClosedError(f"{self.name} runtime is closed")
             return active.exe.run(x)
         except Stale:
-            return self.run(images).logits
+            pass
+        finally:
+            if gate is not None:
+                gate.release()
+        return self.run(images).logits
 
     @property
     def operating_point(self) -> OperatingPoint:
@@ -324,6 +410,7 @@ class Backend:
     def describe(self) -> dict[str, Any]:
         spec = self.input_spec
         return {"backend": self.name, "mode": self.mode, "mode_choice": self.mode_choice,
+                "concurrency": self.concurrency,
                 "operating_point": self.operating_point.to_dict(), "widths": list(self.widths),
                 "input": {"name": spec.name, "shape": list(spec.shape), "dtype": "float32"},
                 "cached_executables": len(self._cache)}

@@ -89,7 +89,7 @@ def _bare_ort(model_bytes: bytes, threads: int | None) -> Any:
 def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8, 32),
               lambdas: Sequence[float] | None = None, widths: Sequence[float] | None = None, threads: int | None = 1,
               rounds: int = 200, budget_s: float = 3.0, clients: int = 4, switch: bool = True,
-              log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+              log: Callable[[str], None] = lambda s: None, concurrency: int | None = None) -> dict[str, Any]:
     """All figures for one bundle on one backend; see the module docstring."""
     from floatedge.bundle import INPUT, OUTPUT
     from floatedge.export.static import freeze, plain_model
@@ -194,16 +194,19 @@ def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8
     finally:
         rt.close()
     if switch:
-        out["switch"] = switch_under_load(bundle, backend, clients=clients, threads=threads, log=log)
+        out["switch"] = switch_under_load(bundle, backend, clients=clients, threads=threads, log=log,
+                                          concurrency=concurrency)
     return out
 
 
 def switch_under_load(bundle: str, backend: str = "auto", clients: int = 4, threads: int | None = 1,
                       settle_s: float = 1.5, batch: int = 1, log: Callable[[str], None] = lambda s: None,
-                      mode: str = "auto") -> dict[str, Any]:
+                      mode: str = "auto", concurrency: int | None = None) -> dict[str, Any]:
     """`clients` threads infer (batch `batch`) without pause; switches happen meanwhile. A fresh runtime,
     so the first switches are cold (nothing prepared) and the last one returns to a cached point."""
     opts: dict[str, Any] = {"threads": threads} if backend in ("auto", "onnxruntime", "ort") else {}
+    if concurrency is not None:
+        opts["concurrency"] = concurrency
     rt = open_runtime(bundle, backend=backend, mode=mode, **opts)
     wide, narrow = max(rt.widths), min(rt.widths)
     plan = [("λ change (cold)", {"lambda_n": 0.7}), ("width change (cold)", {"width": narrow}),
@@ -241,9 +244,12 @@ def switch_under_load(bundle: str, backend: str = "auto", clients: int = 4, thre
     stop.set()
     for t in threads_:
         t.join()
+    concurrency_used = rt.concurrency
     rt.close()
     failed = [r for r in records if r[3] is not None]
     ok = [r for r in records if r[3] is None]
+    span = (max(r[1] for r in ok) - min(r[0] for r in ok)) if ok else 0.0
+    throughput = len(ok) * batch / span if span else 0.0  # images/s over the whole test, switches included
     windows = [(s["t_ask"], s["t_done"]) for s in switches]
     overlaps = lambda r, w: r[0] < w[1] and r[1] > w[0]
     # baseline: warm requests (≥ 0.2 s after the start) that overlap no switch, by the point they ran at
@@ -284,7 +290,7 @@ def switch_under_load(bundle: str, backend: str = "auto", clients: int = 4, thre
             "failures": sorted({f[3] for f in failed})[:5], "p50_ms": p50 * 1e3,
             "p99_ms": float(np.percentile(base, 99) * 1e3) if base else None,
             "quiet_window_max_over_p50": [r["quiet_max_over_p50"] for r in rows if r["quiet_max_over_p50"]],
-            "mode": rt.mode, "switches": rows}
+            "mode": rt.mode, "concurrency": concurrency_used, "throughput": throughput, "switches": rows}
 
 
 def format_table(res: dict[str, Any]) -> str:
@@ -311,8 +317,9 @@ def format_table(res: dict[str, Any]) -> str:
         lines.append(f"width {r['narrow']:g} / {r['wide']:g} at batch {r['batch']}: {r['ratio']:.3f}")
     sw = res.get("switch")
     if sw:
-        lines += ["", f"switching under load: {sw['clients']} clients, batch {sw['batch']}, {sw['requests']} requests, "
-                      f"{sw['failed']} failed, p50 {sw['p50_ms']:.2f} ms"]
+        lines += ["", f"switching under load: {sw['clients']} clients, batch {sw['batch']}, concurrency "
+                      f"{sw.get('concurrency') or 'unbounded'}, {sw['requests']} requests, {sw['failed']} failed, "
+                      f"p50 {sw['p50_ms']:.2f} ms, {sw.get('throughput', 0):.0f} img/s"]
         for s in sw["switches"]:
             lines.append(f"  {s['label']:24s} in effect {s['in_effect_ms']:7.1f} ms · "
                          f"{s['inflight_requests']:3d} in flight, slowest {s['inflight_max_ms'] or 0:6.2f} ms "

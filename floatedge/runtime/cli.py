@@ -24,10 +24,13 @@ def _floats(text: str | None) -> list[float] | None:
 @click.option("--budget", type=float, default=3.0, show_default=True,
               help="Seconds per measurement at most (at least 10 rounds run).")
 @click.option("--clients", type=int, default=4, show_default=True, help="Client threads in the switching test.")
+@click.option("--concurrency", type=click.IntRange(min=0), default=None,
+              help="Requests run at once in the switching test (0: unbounded; default: the runtime's, CPUs ÷ threads).")
 @click.option("--no-switch", is_flag=True, help="Skip the switching-under-load test.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write all figures as JSON here.")
 @user_errors
-def bench_cmd(bundle, backend, batches, lambdas, widths, threads, rounds, budget, clients, no_switch, json_out) -> None:
+def bench_cmd(bundle, backend, batches, lambdas, widths, threads, rounds, budget, clients, concurrency, no_switch,
+              json_out) -> None:
     """Latency p50/p99 and throughput per operating point (batches 1, 8, 32) against the plain export of
     the same width, in-graph vs materialised, runtime overhead, width ratio, and switch cost under load."""
     from floatedge.fsutil import atomic_write_text
@@ -35,7 +38,7 @@ def bench_cmd(bundle, backend, batches, lambdas, widths, threads, rounds, budget
 
     res = run_bench(bundle, backend, batches=[int(b) for b in batches.split(",") if b.strip()],
                     lambdas=_floats(lambdas), widths=_floats(widths), threads=threads, rounds=rounds, budget_s=budget,
-                    clients=clients, switch=not no_switch, log=lambda s: click.echo(s, err=True))
+                    clients=clients, concurrency=concurrency, switch=not no_switch, log=lambda s: click.echo(s, err=True))
     click.echo(format_table(res))
     if json_out:
         atomic_write_text(Path(json_out), json.dumps(res, indent=1, default=str) + "\n")

@@ -89,7 +89,9 @@ class TensorRTBackend(Backend):
                                "execute_async_v3); use backend='onnxruntime'")
         self.modes = ("in-graph", "materialised") if self.api.tensor_weights_conv else ("materialised",)
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=verify)
-        super().__init__(self.bundle.widths, self.bundle.lambda_th, cache_size=cache_size)
+        # one request at a time (one stream, one context): the base class's FIFO gate orders them, so the
+        # exec lock below only arbitrates between a request and a refit
+        super().__init__(self.bundle.widths, self.bundle.lambda_th, cache_size=cache_size, concurrency=1)
         if precision not in ("fp16", "fp32"):
             raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
         self.precision, self.max_batch, self.opt_batch = precision, int(max_batch), int(min(opt_batch, max_batch))
