@@ -14,12 +14,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from _results import CIFAR10, FIGURES, ROOT, update_section
 
 from floatedge.fsutil import atomic_write_text
+from floatedge.oppoint import OperatingPoint
+from floatedge.runtime import open as open_runtime
 from floatedge.runtime.bench import format_table, run_bench, switch_under_load
 
 BAR_RATIO, BAR_WIDTH, BAR_OVERHEAD, BAR_SLOW, BAR_EFFECT_MS = 1.03, 0.40, 0.05, 2.0, 300.0
@@ -38,29 +42,19 @@ def ensure_bundle(arch: str, limit: int, out: Path) -> Path:
     return bundle
 
 
-NEIGHBOUR = """
-import sys, numpy as np
-import floatedge.runtime as rt
-from floatedge.oppoint import OperatingPoint
-model = rt.open(sys.argv[1], threads=1, mode="materialised", concurrency=1)
-rng = np.random.default_rng(0)
-while True:  # the work of a cold switch, over and over: compute a point's weights, build its session
-    model._prepare(OperatingPoint(float(rng.uniform(0.05, 0.95)), model.widths[0], model.lambda_th), "materialised")
-"""
+def build_points(model, stop: threading.Event) -> None:
+    """The work of a cold switch, over and over until `stop`: a point's weights and a session for them."""
+    rng = np.random.default_rng(0)
+    while not stop.is_set():
+        model._prepare(OperatingPoint(float(rng.uniform(0.05, 0.95)), model.widths[0], model.lambda_th), "materialised")
 
 
-def interference(bundle: Path, seconds: float = 4.0, clients: int = 4) -> dict:
+def interference(bundle: Path, seconds: float = 4.0, clients: int = 4, warmup: int = 20) -> dict:
     """Is the ×2 switch bar reachable on this machine? `clients` threads serve with concurrency 1, so one
-    core is left free, first alone, then while a *separate process* (no shared GIL) does a cold switch's
-    work — weights of a point and a session for them — in a loop on that free core."""
-    import threading
-
-    import numpy as np
-
-    import floatedge.runtime as rt
-
+    core is left free: alone; while a *separate process* (no shared GIL) does a cold switch's work in a
+    loop (`build_points`, run by this script with --neighbour); while a thread of this process does it."""
     def serve() -> dict:
-        with rt.open(str(bundle), threads=1, mode="materialised", concurrency=1) as model:
+        with open_runtime(str(bundle), threads=1, mode="materialised", concurrency=1) as model:
             x = np.random.default_rng(0).random((1, *model.bundle.input_shape), dtype=np.float32)
             stop, lat = threading.Event(), []
 
@@ -70,7 +64,7 @@ def interference(bundle: Path, seconds: float = 4.0, clients: int = 4) -> dict:
                     t0 = time.perf_counter()
                     model.infer(x)
                     mine.append(time.perf_counter() - t0)
-                lat.extend(mine)
+                lat.extend(mine[warmup:])
 
             threads = [threading.Thread(target=client) for _ in range(clients)]
             for t in threads:
@@ -79,16 +73,14 @@ def interference(bundle: Path, seconds: float = 4.0, clients: int = 4) -> dict:
             stop.set()
             for t in threads:
                 t.join()
-        ms = np.asarray(lat[clients * 20:]) * 1e3
+        ms = np.asarray(lat) * 1e3
         p50 = float(np.median(ms))
         return {"requests": int(ms.size), "p50_ms": p50, "p99_ms": float(np.percentile(ms, 99)),
                 "p999_ms": float(np.percentile(ms, 99.9)), "max_over_p50": float(ms.max() / p50),
                 "over_2x_p50": float((ms > 2 * p50).mean())}
 
-    from floatedge.oppoint import OperatingPoint
-
     alone = serve()
-    neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR, str(bundle)])
+    neighbour = subprocess.Popen([sys.executable, __file__, "--neighbour", str(bundle)])
     try:
         time.sleep(3.0)  # let it load the bundle and start building sessions
         busy = serve()
@@ -96,23 +88,15 @@ def interference(bundle: Path, seconds: float = 4.0, clients: int = 4) -> dict:
         neighbour.kill()
         neighbour.wait()
     # the same work on a thread of the serving process (another runtime object, so the served model is untouched)
-    other = rt.open(str(bundle), threads=1, mode="materialised", concurrency=1)
-    stop = threading.Event()
-    rng = np.random.default_rng(0)
-
-    def build() -> None:
-        while not stop.is_set():
-            other._prepare(OperatingPoint(float(rng.uniform(0.05, 0.95)), other.widths[0], other.lambda_th),
-                           "materialised")
-
-    builder = threading.Thread(target=build)
-    builder.start()
-    try:
-        inproc = serve()
-    finally:
-        stop.set()
-        builder.join()
-        other.close()
+    with open_runtime(str(bundle), threads=1, mode="materialised", concurrency=1) as other:
+        stop = threading.Event()
+        builder = threading.Thread(target=build_points, args=(other, stop))
+        builder.start()
+        try:
+            inproc = serve()
+        finally:
+            stop.set()
+            builder.join()
     return {"clients": clients, "concurrency": 1, "seconds": seconds, "alone": alone, "neighbour": busy,
             "in_process": inproc}
 
@@ -291,9 +275,14 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--switch-only", action="store_true", help="Rerun only the switching tests.")
+    ap.add_argument("--neighbour", metavar="BUNDLE", help=argparse.SUPPRESS)  # interference(): the other process
     ap.add_argument("--render-only", action="store_true",
                     help="Rewrite the RESULTS.md section from docs/results/runtime_bench.json without measuring.")
     args = ap.parse_args()
+    if args.neighbour:
+        with open_runtime(args.neighbour, threads=1, mode="materialised", concurrency=1) as model:
+            build_points(model, threading.Event())  # until killed
+        return
     if args.switch_only:  # rerun the two switching tests, keep the rest of the saved figures
         saved = json.loads((FIGURES / "runtime_bench.json").read_text())
         r20 = Path(args.r20) if args.r20 else ensure_bundle("resnet20", 256, ROOT / "runs" / "runtime_bench_r20")

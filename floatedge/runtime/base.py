@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Protocol
 
@@ -30,6 +30,7 @@ import numpy as np
 from floatedge.oppoint import OperatingPoint, OperatingPointError
 
 MODES = ("in-graph", "materialised")
+_ADMIT_ALL = nullcontext()  # the gate of concurrency=0
 _FLOAT32 = np.dtype(np.float32)
 
 
@@ -286,22 +287,8 @@ class Backend:
         if spec is None:
             raise ClosedError(f"{self.name} runtime is closed")
         x = spec.check(images)
-        gate = self._gate
-        if gate is not None:
-            gate.acquire()
-        try:
-            for _ in range(8):
-                active = self._active  # read after the queue: a switch made while we waited applies
-                if active is None:
-                    raise ClosedError(f"{self.name} runtime is closed")
-                try:
-                    return Result(active.exe.run(x), active.point)
-                except Stale:  # its weights were swapped after we picked it: run on the new current one
-                    continue
-            raise RuntimeError("operating point kept changing under the request; retried 8 times")
-        finally:
-            if gate is not None:
-                gate.release()
+        with self._gate or _ADMIT_ALL:
+            return self._run_current(x)
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Logits for a float32 N×C×H×W batch at the current operating point."""
@@ -312,16 +299,28 @@ class Backend:
         if gate is not None:
             gate.acquire()
         try:
-            active = self._active
+            active = self._active  # read once admitted: a switch made while the request queued applies
             if active is None:
                 raise ClosedError(f"{self.name} runtime is closed")
-            return active.exe.run(x)
-        except Stale:
-            pass
+            try:
+                return active.exe.run(x)
+            except Stale:
+                return self._run_current(x).logits  # retried in the slot it holds, not at the back of the queue
         finally:
             if gate is not None:
                 gate.release()
-        return self.run(images).logits
+
+    def _run_current(self, x: np.ndarray) -> Result:
+        """Run a checked batch on the current executable; the caller holds a gate slot."""
+        for _ in range(8):
+            active = self._active  # read once admitted: a switch made while the request queued applies
+            if active is None:
+                raise ClosedError(f"{self.name} runtime is closed")
+            try:
+                return Result(active.exe.run(x), active.point)
+            except Stale:  # its weights were swapped after we picked it: run on the new current one
+                continue
+        raise RuntimeError("operating point kept changing under the request; retried 8 times")
 
     @property
     def operating_point(self) -> OperatingPoint:

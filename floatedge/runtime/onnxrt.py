@@ -123,9 +123,8 @@ class _Session:
         self.session, self.checked = session, checked
         self.lam = None if lam is None else np.array(lam, dtype=np.float32)
         self.outputs = [OUTPUT, CHECK_OUTPUT] if checked else [OUTPUT]
-        binding = getattr(session, "_sess", None)
         cpu_only = session.get_providers() == ["CPUExecutionProvider"]
-        self._run = binding.run if cpu_only and binding is not None and hasattr(binding, "run") else None
+        self._run = getattr(getattr(session, "_sess", None), "run", None) if cpu_only else None
 
     def run(self, images: np.ndarray) -> np.ndarray:
         feed = {INPUT: images} if self.lam is None else {INPUT: images, LAMBDA: self.lam}
