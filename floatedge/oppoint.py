@@ -17,7 +17,7 @@ test it against the paper's two tables. Training uses only λ ∈ {0, 1}: (BN_C,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,29 +56,29 @@ def check_width(width: float) -> float:
     return value
 
 
-def parse_widths(text: str | Sequence[float]) -> tuple[float, ...]:
-    """'1.0,0.75,0.5' → (1.0, 0.75, 0.5), widest first, duplicates refused."""
+def _parse(text: str | Sequence[float], check: Callable[[float], float], what: str) -> list[float]:
+    """A comma list (or a sequence) of numbers, each passed through `check`; at least one."""
     items = text.split(",") if isinstance(text, str) else list(text)
     try:
-        widths = [check_width(float(w)) for w in items if str(w).strip() != ""]
+        values = [check(float(v)) for v in items if str(v).strip() != ""]
     except ValueError as exc:
-        raise OperatingPointError(f"bad widths {text!r}: {exc}") from None
-    if not widths:
-        raise OperatingPointError("at least one width is needed")
+        raise OperatingPointError(f"bad {what}s {text!r}: {exc}") from None
+    if not values:
+        raise OperatingPointError(f"at least one {what} is needed")
+    return values
+
+
+def parse_widths(text: str | Sequence[float]) -> tuple[float, ...]:
+    """'1.0,0.75,0.5' → (1.0, 0.75, 0.5), widest first, duplicates refused."""
+    widths = _parse(text, check_width, "width")
     if len(set(widths)) != len(widths):
         raise OperatingPointError(f"duplicate widths in {text!r}")
     return tuple(sorted(widths, reverse=True))
 
 
 def parse_lambdas(text: str | Sequence[float]) -> tuple[float, ...]:
-    items = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        values = [check_lambda(float(v)) for v in items if str(v).strip() != ""]
-    except ValueError as exc:
-        raise OperatingPointError(f"bad lambdas {text!r}: {exc}") from None
-    if not values:
-        raise OperatingPointError("at least one lambda is needed")
-    return tuple(dict.fromkeys(values))
+    """'0,0.2,0.7,1' → (0.0, 0.2, 0.7, 1.0), in the order given, repeats dropped."""
+    return tuple(dict.fromkeys(_parse(text, check_lambda, "lambda")))
 
 
 def channels(width: float, full: int) -> int:

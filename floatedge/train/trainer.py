@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,12 +279,18 @@ def load_model(run_dir: str | Path) -> tuple[FloatModel, TrainConfig, dict]:
     ckpt = load_checkpoint(run_dir)
     cfg = TrainConfig.from_dict(ckpt["config"])
     model = build_model(cfg, ckpt["dataset"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise TrainError(f"{run_dir}: checkpoint does not match architecture {cfg.arch}: {str(exc).splitlines()[0]}") from None
+    _restore(run_dir, cfg, lambda: model.load_state_dict(ckpt["model"]))
     model.eval()
     return model, cfg, ckpt
+
+
+def _restore(run_dir: str | Path, cfg: TrainConfig, load: Callable[[], object]) -> None:
+    """Run `load` (state-dict loading); a state that does not fit the model is a TrainError of one line."""
+    try:
+        load()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise TrainError(f"{run_dir}: checkpoint does not match architecture {cfg.arch}: "
+                         f"{str(exc).splitlines()[0]}") from None
 
 
 def _rng_state() -> dict:
@@ -349,12 +356,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise TrainError(f"{run_dir}: checkpoint does not match architecture {cfg.arch}: "
-                             f"{str(exc).splitlines()[0]}") from None
+        _restore(run_dir, cfg, lambda: (model.load_state_dict(ckpt["model"]), opt.load_state_dict(ckpt["optimizer"])))
         sched.load_state_dict(ckpt["scheduler"])
         sched.T_max = cfg.epochs
     model.to(device)
@@ -415,13 +417,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         if dist_info.world > 1:
             _sync_buffers(model)
         if dist_info.main:
+            alphas = model.alphas()
             record = {
                 "epoch": epoch + 1,
                 "loss": sums["loss"] / steps_per_epoch,
                 "train_clean_acc": sums["clean_correct"] / max(1, sums["clean_n"]),
                 "train_adv_acc": sums["adv_correct"] / max(1, sums["adv_n"]),
                 "lr": opt.param_groups[0]["lr"],
-                "alpha_mean": (sum(model.alphas().values()) / len(model.alphas())) if model.alphas() else None,
+                "alpha_mean": (sum(alphas.values()) / len(alphas)) if alphas else None,
                 "seconds": seconds,
                 "images_per_s": sums["images"] * dist_info.world / seconds,
             }
