@@ -143,9 +143,10 @@ def _pct(value: float | None) -> str:
 
 
 def merge_results(base: dict, extra: dict) -> dict:
-    """Add `extra`'s attack columns to `base`'s rows with the same effective operating point (s, BN, width);
+    """Add `extra`'s attack columns to `base`'s rows with the same effective operating point
+    (`OperatingPoint.effective`, the rule `evaluate` deduplicates by; an OAT row's λ_n is its own point);
     rows `extra` did not measure get None (shown as —). Lets a costly attack run on a few points only."""
-    key = lambda r: (round(r["noise_scale"], 9), r["bn"], r["width"])  # noqa: E731
+    key = lambda r: OperatingPoint(r["lambda_n"], r["width"], r["lambda_th"]).effective()  # noqa: E731
     found = {key(r): r for r in extra["rows"]}
     merged = dict(base, attacks={**base["attacks"], **extra["attacks"]}, rows=[])
     for r in base["rows"]:
