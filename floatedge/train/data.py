@@ -43,6 +43,14 @@ class Dataset:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
+    @classmethod
+    def from_numpy(cls, name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                   classes: list[str], mean: tuple[float, ...], std: tuple[float, ...], augment: bool) -> Dataset:
+        """From uint8 N×C×H×W images and int64 labels, (x, y) for each split."""
+        (x, y), (xt, yt) = train, test
+        return cls(name, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xt), torch.from_numpy(yt),
+                   classes, mean, std, augment)
+
     def limit(self, train: int | None = None, test: int | None = None, seed: int = 0) -> Dataset:
         """A seeded random subset (the shared CIFAR-10 is not in official order, so no index slices)."""
         g = torch.Generator().manual_seed(seed)
@@ -131,6 +139,11 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _label_names(meta: dict, key: str, n: int) -> list[str]:
+    """Class names from a CIFAR meta file (bytes or str), else "0".."n-1"."""
+    return [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(key, [])] or [str(i) for i in range(n)]
+
+
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -139,27 +152,19 @@ def load_cifar10(path: str | Path) -> Dataset:
     train_files = [f"data_batch_{i}" for i in range(1, 6)]
     _require(root, train_files + ["test_batch", "batches.meta"], "cifar10")
     parts = [_cifar_batch(root / f, "labels") for f in train_files]
-    xt, yt = _cifar_batch(root / "test_batch", "labels")
-    meta = safe_load_pickle(root / "batches.meta")
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get("label_names", [])]
-    return Dataset(
-        "cifar10",
-        torch.from_numpy(np.concatenate([p[0] for p in parts])),
-        torch.from_numpy(np.concatenate([p[1] for p in parts])),
-        torch.from_numpy(xt), torch.from_numpy(yt),
-        classes or [str(i) for i in range(10)], CIFAR10_MEAN, CIFAR10_STD, True,
-    )
+    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    classes = _label_names(safe_load_pickle(root / "batches.meta"), "label_names", 10)
+    return Dataset.from_numpy("cifar10", train, _cifar_batch(root / "test_batch", "labels"), classes,
+                              CIFAR10_MEAN, CIFAR10_STD, True)
 
 
 def load_cifar100(path: str | Path) -> Dataset:
     root = Path(path)
     _require(root, ["train", "test", "meta"], "cifar100")
-    x, y = _cifar_batch(root / "train", "fine_labels")
-    xt, yt = _cifar_batch(root / "test", "fine_labels")
-    meta = safe_load_pickle(root / "meta")
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get("fine_label_names", [])]
-    return Dataset("cifar100", torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xt), torch.from_numpy(yt),
-                   classes or [str(i) for i in range(100)], (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True)
+    classes = _label_names(safe_load_pickle(root / "meta"), "fine_label_names", 100)
+    return Dataset.from_numpy("cifar100", _cifar_batch(root / "train", "fine_labels"),
+                              _cifar_batch(root / "test", "fine_labels"), classes,
+                              (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True)
 
 
 def _svhn_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -178,10 +183,8 @@ def _svhn_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_svhn(path: str | Path) -> Dataset:
     root = Path(path)
     _require(root, ["train_32x32.mat", "test_32x32.mat"], "svhn")
-    x, y = _svhn_split(root / "train_32x32.mat")
-    xt, yt = _svhn_split(root / "test_32x32.mat")
-    return Dataset("svhn", torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xt), torch.from_numpy(yt),
-                   [str(i) for i in range(10)], (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False)
+    return Dataset.from_numpy("svhn", _svhn_split(root / "train_32x32.mat"), _svhn_split(root / "test_32x32.mat"),
+                              [str(i) for i in range(10)], (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False)
 
 
 def _stl_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -200,12 +203,10 @@ def load_stl10(path: str | Path) -> Dataset:
     if (root / "stl10_binary").is_dir():
         root = root / "stl10_binary"
     _require(root, ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"], "stl10")
-    x, y = _stl_split(root, "train")
-    xt, yt = _stl_split(root, "test")
     names = (root / "class_names.txt").read_text().split() if (root / "class_names.txt").exists() else []
-    return Dataset("stl10", torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xt), torch.from_numpy(yt),
-                   names if len(names) == 10 else [str(i) for i in range(10)],
-                   (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), True)
+    return Dataset.from_numpy("stl10", _stl_split(root, "train"), _stl_split(root, "test"),
+                              names if len(names) == 10 else [str(i) for i in range(10)],
+                              (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), True)
 
 
 def load_imagefolder(path: str | Path) -> Dataset:
@@ -235,11 +236,10 @@ def load_imagefolder(path: str | Path) -> Dataset:
         return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
     x, y = read(root / "train")
-    xt, yt = read(test_dir)
-    mean = tuple(float(v) for v in (x.astype(np.float64) / 255).mean(axis=(0, 2, 3)))
-    std = tuple(float(v) for v in (x.astype(np.float64) / 255).std(axis=(0, 2, 3)))
-    return Dataset("imagefolder", torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xt), torch.from_numpy(yt),
-                   classes, mean, std, x.shape[-1] >= 32)
+    scaled = x.astype(np.float64) / 255
+    mean = tuple(float(v) for v in scaled.mean(axis=(0, 2, 3)))
+    std = tuple(float(v) for v in scaled.std(axis=(0, 2, 3)))
+    return Dataset.from_numpy("imagefolder", (x, y), read(test_dir), classes, mean, std, x.shape[-1] >= 32)
 
 
 def load_digits(path: str | Path | None = None) -> Dataset:
@@ -252,9 +252,8 @@ def load_digits(path: str | Path | None = None) -> Dataset:
     y = d.target.astype(np.int64)
     perm = np.random.default_rng(0).permutation(len(x))
     x, y = x[perm], y[perm]
-    return Dataset("digits", torch.from_numpy(x[:1500]), torch.from_numpy(y[:1500]),
-                   torch.from_numpy(x[1500:]), torch.from_numpy(y[1500:]),
-                   [str(i) for i in range(10)], (0.3,), (0.4,), False)
+    return Dataset.from_numpy("digits", (x[:1500], y[:1500]), (x[1500:], y[1500:]), [str(i) for i in range(10)],
+                              (0.3,), (0.4,), False)
 
 
 def load_synthetic(path: str | Path | None = None, n_train: int = 256, n_test: int = 64, size: int = 16,
