@@ -2,7 +2,8 @@
 
 The bundle is the contract between the workstation and the device: the device never sees torch,
 only this. This module is the one place that knows the bundle's layout, so it imports only the
-standard library, numpy and `floatedge.oppoint` (the λ rule) — never torch, never onnx.
+standard library, numpy, `floatedge.oppoint` (the λ rule) and `floatedge.fsutil` (atomic writes) —
+never torch, never onnx.
 
 Layout (a directory, or the same files in one uncompressed tar, `--tar`)::
 
@@ -61,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from floatedge.fsutil import atomic_write, current_umask
 from floatedge.oppoint import OperatingPoint, OperatingPointError, check_width
 
 SCHEMA_VERSION = 1
@@ -147,9 +149,7 @@ def write_bundle(out: str | Path, manifest: Mapping[str, Any], files: Mapping[st
 def _write_dir(out: Path, files: Mapping[str, bytes]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is shared like any directory
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; a bundle is shared like any directory
         for name, data in files.items():
             with open(tmp / name, "wb") as f:
                 f.write(data)
@@ -168,8 +168,6 @@ def _write_dir(out: Path, files: Mapping[str, bytes]) -> None:
 
 
 def _write_tar(out: Path, files: Mapping[str, bytes]) -> None:
-    from floatedge.fsutil import atomic_write
-
     def write(f: IO[bytes]) -> None:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
             for name, data in files.items():  # manifest first: a reader finds it without a scan
