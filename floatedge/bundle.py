@@ -97,6 +97,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (checkpoints and models can be large)."""
+    with open(path, "rb") as f:
+        return _sha256_stream(f)[0]
+
+
 def _sha256_stream(f: IO[bytes]) -> tuple[str, int]:
     h, n = hashlib.sha256(), 0
     while chunk := f.read(_CHUNK):
@@ -414,5 +420,5 @@ def iter_layers(entry: Mapping[str, Any], kind: str | None = None) -> Iterator[d
 __all__ = [
     "SCHEMA_VERSION", "FORMAT", "MANIFEST", "SUFFIX", "INPUT", "LAMBDA", "OUTPUT", "NOISE_SCALE", "USE_ADV",
     "VERIFY_LAMBDAS", "PARITY_TOL", "BundleError", "Bundle", "FileStatus", "open_bundle", "write_bundle",
-    "check_manifest", "manifest_checksum", "model_filename", "sha256_bytes", "iter_layers",
+    "check_manifest", "manifest_checksum", "model_filename", "sha256_bytes", "sha256_file", "iter_layers",
 ]

@@ -16,7 +16,6 @@ like W. The threshold baked into the graph is the bundle's λ_th (`--lambda-th`,
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.metadata
 import io
 import json
@@ -47,6 +46,7 @@ from floatedge.bundle import (
     BundleError,
     model_filename,
     open_bundle,
+    sha256_file,
     write_bundle,
 )
 from floatedge.oppoint import DEFAULT_LAMBDA_TH, OperatingPoint, check_lambda_th, parse_widths
@@ -292,14 +292,6 @@ class ExportResult:
         return self.bundle_bytes / self.plain_bytes
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _git_commit() -> dict:
     root = Path(__file__).resolve().parents[2]
     try:
@@ -404,14 +396,12 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
         "widths": list(chosen),
         "lambda_th": lambda_th,
         "noise": {"seed": cfg.noise_seed, "mode": cfg.noise_mode, "eta_dtype": dtype},
-        # model.alphas() without its requires_grad warning
-        "alphas": {n.removesuffix(".alpha"): float(p.detach()) for n, p in model.named_parameters()
-                   if n.endswith(".alpha")},
+        "alphas": model.alphas(),
         "models": entries,
         "operating_points": table,
         "provenance": {
             "run": str(run_dir.resolve()),
-            "checkpoint_sha256": _sha256_file(run_dir / CHECKPOINT),
+            "checkpoint_sha256": sha256_file(run_dir / CHECKPOINT),
             "epoch": int(ckpt["epoch"]),
             "config": cfg.to_dict(),
             "dataset": ds,

@@ -12,7 +12,6 @@ exercise every channel. Torch is imported only when `run_dir` is given.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from floatedge.bundle import (
     BundleError,
     FileStatus,
     open_bundle,
+    sha256_file,
 )
 from floatedge.oppoint import OperatingPoint
 
@@ -118,13 +118,10 @@ def _torch_outputs(bundle: Bundle, run_dir: str | Path, images: np.ndarray,
     want = bundle.manifest["provenance"].get("checkpoint_sha256")
     ckpt_path = run_dir / CHECKPOINT
     if ckpt_path.exists() and want:
-        h = hashlib.sha256()
-        with open(ckpt_path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        if h.hexdigest() != want:
+        have = sha256_file(ckpt_path)
+        if have != want:
             raise BundleError(f"{run_dir} is not the run {bundle.path} was exported from "
-                              f"(checkpoint sha256 {h.hexdigest()[:12]}…, bundle records {want[:12]}…)")
+                              f"(checkpoint sha256 {have[:12]}…, bundle records {want[:12]}…)")
     model, _, _ = load_model(run_dir)
     x = torch.from_numpy(images)
     out = {}
