@@ -198,12 +198,12 @@ def quickstart_cmd(out, epochs) -> None:
     Digits are 8×8 with 17 grey levels, so the papers' ε = 8/255 barely moves them; the quickstart trains and
     attacks at ε = 0.1 to show a real trade-off."""
     from floatedge.train.evaluate import evaluate, format_table, save_result
-    from floatedge.train.trainer import TrainConfig, train
+    from floatedge.train.trainer import CHECKPOINT, TrainConfig, train
 
     out = Path(out)
     cfg = TrainConfig(method="floats", arch="resnet20", dataset="digits", epochs=epochs, batch_size=128,
                       widths=(1.0, 0.5), eps=0.1, step_size=0.025, lr=0.05)
-    train(cfg, out, resume=(out / "checkpoint.pt").exists())
+    train(cfg, out, resume=(out / CHECKPOINT).exists())
     result = evaluate(out, attacks=["pgd20"])
     click.echo(format_table(result))
     paths = save_result(result, out / "eval.json")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +86,14 @@ ATTACKS = {
     "pgd20": AttackSpec("pgd20", "PGD-20, step ε/4, random start"),
     "autoattack": AttackSpec("autoattack", "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"),
 }
+
+
+def check_attacks(names: Sequence[str]) -> tuple[str, ...]:
+    """Attack names a user asked for (not "clean"), each known; ValueError with one line otherwise."""
+    for a in names:
+        if a not in ATTACKS or a == "clean":
+            raise ValueError(f"unknown attack {a!r}; choose from {', '.join(k for k in ATTACKS if k != 'clean')}")
+    return tuple(names)
 
 
 def run_attack(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0,

@@ -28,7 +28,7 @@ import torch
 from floatedge.fsutil import atomic_write, atomic_write_json, atomic_write_text, check_writable_dir, update_markdown_section
 from floatedge.oppoint import PAPER_LAMBDAS, OperatingPointError, parse_lambdas
 
-from .attacks import ATTACKS
+from .attacks import ATTACKS, check_attacks
 from .data import load_dataset
 from .evaluate import evaluate, load_result
 from .film import FiLM
@@ -90,10 +90,10 @@ class CompareConfig:
         self.spread_lambda = float(self.spread_lambda)
         if self.spread_lambda not in self.lambdas:
             raise CompareError(f"spread λ {self.spread_lambda:g} is not in the λ set {list(self.lambdas)}")
-        self.attacks = tuple(self.attacks)
-        for a in self.attacks:
-            if a not in ATTACKS or a == "clean":
-                raise CompareError(f"unknown attack {a!r}; choose from {', '.join(k for k in ATTACKS if k != 'clean')}")
+        try:
+            self.attacks = check_attacks(self.attacks)
+        except ValueError as exc:
+            raise CompareError(str(exc)) from None
         if not self.attacks:
             raise CompareError("at least one attack is needed")
         if self.batch_size < 6:

@@ -19,7 +19,7 @@ import torch
 from floatedge.fsutil import atomic_write, atomic_write_json, atomic_write_text
 from floatedge.oppoint import PAPER_LAMBDA_THS, PAPER_LAMBDAS, OperatingPoint
 
-from .attacks import ATTACKS, run_attack
+from .attacks import ATTACKS, check_attacks, run_attack
 from .data import load_dataset, to_float
 from .trainer import TrainError, load_model, progress_bar, resolve_device
 
@@ -54,9 +54,10 @@ def evaluate(
     eps: float | None = None,
 ) -> dict:
     """Evaluate a run at every operating point. ε defaults to the run's training ε (8/255 unless changed)."""
-    for a in attacks:
-        if a not in ATTACKS or a == "clean":
-            raise EvalError(f"unknown attack {a!r}; choose from {', '.join(k for k in ATTACKS if k != 'clean')}")
+    try:
+        check_attacks(attacks)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
     model, cfg, ckpt = load_model(run_dir)
     eps = float(cfg.eps if eps is None else eps)
     dev = resolve_device(device)
