@@ -100,14 +100,15 @@ def _order_initializers(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(inits)
 
 
-def _scalable(bundle: Bundle, op: OperatingPoint) -> tuple[onnx.ModelProto, dict]:
-    entry = bundle.model_entry(op.width)
+def load_scalable(bundle: Bundle, width: float) -> tuple[onnx.ModelProto, dict]:
+    """The runtime-scalable model of one width, parsed, and its manifest entry."""
+    entry = bundle.model_entry(width)
     return onnx.load_from_string(bundle.read(entry["file"])), entry
 
 
 def static_model(bundle: Bundle, op: OperatingPoint) -> onnx.ModelProto:
     """A plain ONNX model with constant weights for `op` (input `images`, output `logits`)."""
-    return freeze(*_scalable(bundle, op), op)
+    return freeze(*load_scalable(bundle, op.width), op)
 
 
 def refit_weights(bundle: Bundle, op: OperatingPoint, changing_only: bool = False) -> dict[str, np.ndarray]:
@@ -116,7 +117,7 @@ def refit_weights(bundle: Bundle, op: OperatingPoint, changing_only: bool = Fals
     All of them by default (TensorRT fuses conv and BN and then asks for the whole group); with
     `changing_only`, just the ones that differ between operating points (noisy weights, dual-BN params).
     """
-    model, entry = _scalable(bundle, op)
+    model, entry = load_scalable(bundle, op.width)
     if changing_only:
         return point_arrays(model, entry, op)
     return initializer_arrays(freeze(model, entry, op))

@@ -35,7 +35,8 @@ import numpy as np
 import onnx
 
 from floatedge.bundle import INPUT, LAMBDA, OUTPUT, Bundle, open_bundle
-from floatedge.export.static import freeze, refit_weights
+from floatedge.export.graph import initializer_arrays
+from floatedge.export.static import freeze, load_scalable
 from floatedge.oppoint import OperatingPoint
 
 from ..base import Backend, InputSpec, Stale
@@ -139,8 +140,7 @@ class TensorRTBackend(Backend):
 
     def _model(self, width: float) -> tuple[onnx.ModelProto, dict]:
         if width not in self._models:
-            entry = self.bundle.model_entry(width)
-            self._models[width] = (onnx.load_from_string(self.bundle.read(entry["file"])), entry)
+            self._models[width] = load_scalable(self.bundle, width)
         return self._models[width]
 
     def _engine_key(self, width: float, kind: str) -> EngineKey:
@@ -224,16 +224,16 @@ class TensorRTBackend(Backend):
         model, entry = self._model(point.width)
         refitter = trt.Refitter(slot.engine, self.logger)
         keep: list[Any] = []  # weights must outlive refit_cuda_engine (pyCore.cpp: keep_alive on set_*_weights)
+        static = freeze(model, entry, point)  # the point's constant-weight graph, made once per refit
         if self.api.refit_async and hasattr(trt, "OnnxParserRefitter"):
             parser_refitter = trt.OnnxParserRefitter(refitter, self.logger)
-            static = freeze(model, entry, point).SerializeToString()
-            if not parser_refitter.refit_from_bytes(static):
+            if not parser_refitter.refit_from_bytes(static.SerializeToString()):
                 errors = "; ".join(str(parser_refitter.get_error(i)) for i in range(parser_refitter.num_errors))
                 raise RuntimeError(f"TensorRT refit from the static form failed: {errors}")
             ok = refitter.refit_cuda_engine_async(self.refit_stream)
             self.cuda.sync(self.refit_stream)
         else:
-            target = refit_weights(self.bundle, point)
+            target = initializer_arrays(static)  # = refit_weights(bundle, point), without re-reading the bundle
             names = set(refitter.get_all_weights())
             plan = refit_plan(target, names, slot.weights)
             for name, arr in plan.items():
@@ -241,7 +241,7 @@ class TensorRTBackend(Backend):
                 refitter.set_named_weights(name, arr)
             layers, roles = refitter.get_all()
             settable = set(zip(layers, [str(r) for r in roles], strict=True))
-            for node, (g, b, m, v), eps in bn_layers(freeze(model, entry, point)):
+            for node, (g, b, m, v), eps in bn_layers(static):
                 scale, shift = bn_scale_shift(target[g], target[b], target[m], target[v], eps)
                 for role, arr in ((trt.WeightsRole.SCALE, scale), (trt.WeightsRole.SHIFT, shift)):
                     if (node, str(role)) in settable:
