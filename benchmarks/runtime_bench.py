@@ -230,7 +230,10 @@ def switch_reading(sw: dict, sw34: dict, ungated: dict | None, interf: dict | No
         out[-1] += (f" Without the gate (the runtime before this change) the slowest request of a quiet window "
                     f"was already ×{quiet(ungated):.1f} its p50 and ×{worst(ungated):.1f} during a switch, at "
                     f"{ungated['throughput']:.0f} images/s; with it, quiet windows stay within ×{max(quiets):.2f}, "
-                    f"switches ×{worst(sw):.1f}, at {sw['throughput']:.0f} images/s.")
+                    f"switches ×{worst(sw):.1f}, at {sw['throughput']:.0f} images/s "
+                    f"({100 * (sw['throughput'] / ungated['throughput'] - 1):+.0f}% throughput, likely the thread "
+                    "wake-up each queued request costs, most felt at width 0.5's 0.4 ms requests; `concurrency=0` when "
+                    "throughput matters more than the tail).")
     out += ["", "What is left is the switch's own work: a cold point needs its weights computed and a session "
             "built (about 8 ms of CPU for ResNet-20), and on a 2-core machine whose cores both serve, that work "
             "takes a core from the requests for its duration; and even with a core to itself it disturbs them:"]
@@ -245,14 +248,16 @@ def switch_reading(sw: dict, sw34: dict, ungated: dict | None, interf: dict | No
             out.append(f"| {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} | "
                        f"×{r['max_over_p50']:.2f} | {100 * r['over_2x_p50']:.2f}% |")
         ip = interf.get("in_process")
-        out += ["", f"With a core of its own, the switch's work in a separate process changes p99 little ({a['p99_ms']:.2f} → "
-                f"{n['p99_ms']:.2f} ms) but not nothing: p99.9 {a['p999_ms']:.2f} → {n['p999_ms']:.2f} ms, "
-                f"{100 * n['over_2x_p50']:.2f}% of requests over 2× the p50 (cause not isolated; the caches and memory "
-                "bandwidth the two vCPUs share are the likely one)."
-                + (f" On a thread of the serving process it is worse: p99 {ip['p99_ms']:.2f} ms, "
-                   f"{100 * ip['over_2x_p50']:.2f}% over 2× — the interpreter lock, which each request takes several "
-                   "times (admission, entering and leaving ONNX Runtime, the result)." if ip else "")
-                + " So on this 2-vCPU VM a cold switch, wherever its work runs, puts some requests past 2× the p50. "
+        share = lambda r: f"{100 * r['over_2x_p50']:.2f}%"  # noqa: E731
+        out += ["", f"Serving alone, {share(a)} of requests are over 2× the p50 already. With a separate process "
+                f"doing the switch's work on the free core: p99 {a['p99_ms']:.2f} → {n['p99_ms']:.2f} ms, p99.9 "
+                f"{a['p999_ms']:.2f} → {n['p999_ms']:.2f} ms, {share(n)} over 2× (likely cause: the caches and "
+                "memory bandwidth the two vCPUs share; not isolated)."
+                + (f" With the same work on a thread of the serving process: p99 {ip['p99_ms']:.2f} ms, p99.9 "
+                   f"{ip['p999_ms']:.2f} ms, {share(ip)} over 2× (it also contends for the interpreter lock, which "
+                   "each request takes several times: admission, entering and leaving ONNX Runtime, the result)."
+                   if ip else "")
+                + " So on this 2-vCPU VM the switch's work, wherever it runs, puts some requests past 2× the p50. "
                 "Also tried and not enough (docs/runtime.md): the builder at nice 5/10/19 or SCHED_IDLE, the "
                 "builder taking a gate slot, an out-of-process builder throttled by SIGSTOP/SIGCONT."]
     by_label = {}

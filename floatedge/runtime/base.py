@@ -151,7 +151,9 @@ class FairGate:
     preempt one another. Measured on 2 cores, 4 client threads, ResNet-20 batch 1 (docs/RESULTS.md): without
     a gate the slowest request of a 40 ms window is ×5–×23 the p50, because the OS parks a runnable
     inference thread for a scheduler slice (several ms) to run another; with a 2-slot gate the waiting
-    threads sleep instead, and a request's latency is its queue position times the service time.
+    threads sleep instead, and a request's latency is its queue position times the service time. The price
+    is a thread wake-up per queued request: 5–17% less throughput in the switch test (`concurrency=0` to
+    turn the gate off).
 
     A released slot is handed to the oldest waiter directly (each waiter sleeps on its own lock), so a
     thread that just released cannot barge back in ahead of it: `threading.Semaphore` makes no such
