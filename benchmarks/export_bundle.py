@@ -5,7 +5,7 @@ same widths, and export time in docs/RESULTS.md (section `export-bundle`).
     python benchmarks/export_bundle.py                       # runs/bench_float_resnet20_fixed + its eval
     python benchmarks/export_bundle.py --run /tmp/r20 --eval /tmp/r20_eval.json
 
-"Plain export" = the static form at λ_n = 0 (`floatedge.export.static.plain_model`): the network with
+"Plain export" = the static form at λ_n = 0 (`floatedge.graph.static.plain_model`): the network with
 constant weights and one BN set, which is what exporting the architecture without FLOAT gives.
 """
 from __future__ import annotations

@@ -148,3 +148,18 @@ class OperatingPoint:
 
     def __str__(self) -> str:
         return f"λn={self.lambda_n:g} w={self.width:g} λth={self.lambda_th:g} (s={self.noise_scale:.3g}, BN_{'A' if self.bn else 'C'})"
+
+
+def equivalent_lambda(point: OperatingPoint, graph_lambda_th: float) -> float:
+    """The λ_n to feed a scalable graph whose λ_th is baked in, so that it computes `point` (which may
+    name another λ_th). Checked against the λ rule itself (`OperatingPoint.effective`)."""
+    if point.lambda_th == graph_lambda_th:
+        return point.lambda_n
+    s, th = point.noise_scale, graph_lambda_th
+    lam = th + s * (1.0 - th) if point.bn else s * th
+    lam = float(np.float32(min(1.0, max(0.0, lam))))
+    got = OperatingPoint(lam, point.width, th)
+    if got.bn != point.bn or abs(got.noise_scale - point.noise_scale) > 1e-6:
+        raise OperatingPointError(f"the in-graph model bakes λ_th={graph_lambda_th:g} and cannot compute {point}; "
+                                  "open the runtime with mode='materialised'")
+    return lam

@@ -19,9 +19,9 @@ from onnx import TensorProto, numpy_helper
 
 from floatedge.bundle import LAMBDA, MANIFEST, NOISE_SCALE, USE_ADV, VERIFY_LAMBDAS, model_filename, open_bundle
 from floatedge.cli import main
-from floatedge.export.static import plain_model, refit_weights, static_model
 from floatedge.export.torch_export import ExportError, export_bundle, export_model
 from floatedge.export.verify import ort_session, parity_images, run_scalable, verify_bundle
+from floatedge.graph.static import plain_model, refit_weights, static_model
 from floatedge.oppoint import OperatingPoint, bn_set, noise_scale, noise_scale_array
 from floatedge.train.trainer import load_model
 
@@ -420,7 +420,7 @@ def test_device_side_needs_no_torch(floats_bundle, tmp_path):
         sys.meta_path.insert(0, NoTorch())
         import numpy as np
         from floatedge.bundle import open_bundle
-        from floatedge.export.static import static_model, refit_weights, plain_model
+        from floatedge.graph.static import static_model, refit_weights, plain_model
         from floatedge.export.verify import verify_bundle, ort_session, run_scalable, parity_images
         from floatedge.cli import main
         b = open_bundle({str(floats_bundle)!r})

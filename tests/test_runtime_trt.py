@@ -11,9 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from floatedge.bundle import PARITY_TOL, open_bundle
-from floatedge.export.static import refit_weights, static_model
 from floatedge.export.torch_export import export_bundle
 from floatedge.export.verify import ort_session, parity_images, run_scalable
+from floatedge.graph.static import refit_weights, static_model
 from floatedge.oppoint import OperatingPoint
 from floatedge.runtime.trt.common import (
     EngineKey,

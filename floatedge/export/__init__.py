@@ -1,11 +1,10 @@
-"""Export to a deployable bundle (workstation side) and the static form (device side).
+"""Export to a deployable bundle (workstation side).
 
-This package must import without torch: the device imports `floatedge.export.static` and
-`floatedge.export.graph`. Only `floatedge.export.torch_export` (and `verify` when given a run
-directory) needs torch, and nothing here imports it at module level.
-
-* `floatedge.bundle` — the bundle schema, checksums, `open_bundle` (torch-free, not in this package).
-* `floatedge.export.static` — `static_model`, `refit_weights`, `plain_model` (torch-free).
 * `floatedge.export.torch_export` — `export_bundle(run_dir, out, ...)` (torch).
-* `floatedge.export.verify` — `verify_bundle(path, run_dir=None)`.
+* `floatedge.export.verify` — `verify_bundle(path, run_dir=None)` (torch only with a run directory).
+* `floatedge.export.cli` — `floatedge export | inspect | verify | static`.
+
+The bundle schema is `floatedge.bundle`, the graph surgery and the static form are `floatedge.graph` (both
+torch-free, used by the device side too). Nothing here imports torch at module level, so `inspect`,
+`verify` (checksums) and `static` run on a device.
 """

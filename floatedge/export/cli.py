@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from floatedge.cli import user_errors
+from floatedge.errors import user_errors
 
 
 def _size(n: int | None) -> str:
@@ -140,8 +140,8 @@ def static_cmd(bundle, lambda_n, width, lambda_th, out, refit) -> None:
     import numpy as np
 
     from floatedge.bundle import open_bundle
-    from floatedge.export.static import refit_weights, static_model
     from floatedge.fsutil import atomic_write
+    from floatedge.graph.static import refit_weights, static_model
     from floatedge.oppoint import OperatingPoint
 
     if not out and not refit:

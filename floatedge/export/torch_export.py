@@ -7,7 +7,7 @@ How one width is exported:
    `dynamo=False`: needs only onnx, and it is deterministic — the same run exports to the same bytes)
    gives the *base graph*: the plain network whose weights are graph inputs named `conv1.weight`,
    `bn1.running_mean`, ... . Nothing is folded: BN cannot be fused into a conv whose weight is an input.
-2. `floatedge.export.graph.make_scalable` turns those inputs into tensors computed from `lambda_n`
+2. `floatedge.graph.scalable.make_scalable` turns those inputs into tensors computed from `lambda_n`
    and the stored W, α, η and both BN sets (sliced to the width).
 
 η is the recorded draw (`layer.eta()` after `load_model`), the one evaluation used, sliced to the width
@@ -49,13 +49,12 @@ from floatedge.bundle import (
     sha256_file,
     write_bundle,
 )
+from floatedge.graph.scalable import BN_PARAMS, BN_SETS, ETA_DTYPES, make_scalable, point_tensor_names
+from floatedge.graph.static import freeze
 from floatedge.oppoint import DEFAULT_LAMBDA_TH, OperatingPoint, check_lambda_th, parse_widths
 from floatedge.train.layers import DualBatchNorm2d, NoisyConv2d, NoisyLinear, Normalize
 from floatedge.train.models import FloatModel
 from floatedge.train.trainer import CHECKPOINT, TrainConfig, load_model
-
-from .graph import BN_PARAMS, BN_SETS, ETA_DTYPES, make_scalable, point_tensor_names
-from .static import freeze
 
 DEFAULT_OPSET = 17
 OPSETS = range(13, 21)  # what the legacy exporter of torch 2.x writes and every ORT ≥ 1.17 reads

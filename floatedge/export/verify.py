@@ -31,9 +31,8 @@ from floatedge.bundle import (
     open_bundle,
     sha256_file,
 )
+from floatedge.graph.static import freeze
 from floatedge.oppoint import OperatingPoint
-
-from .static import freeze
 
 
 @dataclass

@@ -92,7 +92,7 @@ def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8
               log: Callable[[str], None] = lambda s: None, concurrency: int | None = None) -> dict[str, Any]:
     """All figures for one bundle on one backend; see the module docstring."""
     from floatedge.bundle import INPUT, OUTPUT
-    from floatedge.export.static import freeze, plain_model
+    from floatedge.graph.static import freeze, plain_model
 
     opts: dict[str, Any] = {"threads": threads} if backend in ("auto", "onnxruntime", "ort") else {}
     rt = open_runtime(bundle, backend=backend, **opts)

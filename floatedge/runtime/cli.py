@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from floatedge.cli import user_errors
+from floatedge.errors import user_errors
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -43,3 +43,4 @@ def bench_cmd(bundle, backend, batches, lambdas, widths, threads, rounds, budget
     if json_out:
         atomic_write_text(Path(json_out), json.dumps(res, indent=1, default=str) + "\n")
         click.echo(f"wrote {json_out}")
+COMMANDS = [bench_cmd]

@@ -5,7 +5,7 @@ Two executables per operating point (the `mode`s of `base.Backend`):
 * **in-graph** — the bundle's runtime-scalable model, one session per width; λ_n is fed as the
   `lambda_n` input on every call. Switching λ is free; every call recomputes `W + s·α·η` and selects
   the BN set, and ORT cannot fold BN into conv or pre-pack weights that are not constants.
-* **materialised** — the static form of the point (`floatedge.export.static`), weights as constants, so
+* **materialised** — the static form of the point (`floatedge.graph.static`), weights as constants, so
   ORT fuses conv+BN and pre-packs as for any plain network. A switch builds a session for the new point
   on the builder thread. The graph of a width is serialized once with its point-dependent initializers
   marked external, and each point's values are passed from memory with
@@ -36,9 +36,9 @@ from onnx import TensorProto, helper
 from onnx.external_data_helper import set_external_data
 
 from floatedge.bundle import INPUT, LAMBDA, OUTPUT, Bundle, open_bundle
-from floatedge.export.graph import initializer_arrays
-from floatedge.export.static import freeze, point_arrays
-from floatedge.oppoint import OperatingPoint, OperatingPointError
+from floatedge.graph.scalable import initializer_arrays
+from floatedge.graph.static import freeze, point_arrays
+from floatedge.oppoint import OperatingPoint, equivalent_lambda
 
 from .base import NONFINITE, Backend, InputError, InputSpec, usable_cpus
 
@@ -89,21 +89,6 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return so
-
-
-def equivalent_lambda(point: OperatingPoint, graph_lambda_th: float) -> float:
-    """The λ_n to feed a scalable graph whose λ_th is baked in, so that it computes `point` (which may
-    name another λ_th). Checked against the λ rule itself (`OperatingPoint.effective`)."""
-    if point.lambda_th == graph_lambda_th:
-        return point.lambda_n
-    s, th = point.noise_scale, graph_lambda_th
-    lam = th + s * (1.0 - th) if point.bn else s * th
-    lam = float(np.float32(min(1.0, max(0.0, lam))))
-    got = OperatingPoint(lam, point.width, th)
-    if got.bn != point.bn or abs(got.noise_scale - point.noise_scale) > 1e-6:
-        raise OperatingPointError(f"the in-graph model bakes λ_th={graph_lambda_th:g} and cannot compute {point}; "
-                                  "open the runtime with mode='materialised'")
-    return lam
 
 
 class _Session:

@@ -35,12 +35,11 @@ import numpy as np
 import onnx
 
 from floatedge.bundle import INPUT, LAMBDA, OUTPUT, Bundle, open_bundle
-from floatedge.export.graph import initializer_arrays
-from floatedge.export.static import freeze, load_scalable
-from floatedge.oppoint import OperatingPoint
+from floatedge.graph.scalable import initializer_arrays
+from floatedge.graph.static import freeze, load_scalable
+from floatedge.oppoint import OperatingPoint, equivalent_lambda
 
 from ..base import Backend, InputSpec, Stale
-from ..onnxrt import equivalent_lambda
 from .common import EngineKey, TrtApi, bn_layers, bn_scale_shift, complete_refit, jetson_identity, refit_plan
 from .cuda import load_cuda
 from .loader import build_plan, load_engine

@@ -6,7 +6,7 @@ weight a layer consumes is a graph input named after the layer (`conv1.weight`, 
 
 * `make_scalable` attaches the machinery that computes those tensors from `lambda_n` at run time:
   the λ subgraph (built once), `W + s·α·η` per noisy layer, and a `Where` per dual-BN parameter;
-* `floatedge.export.static` later replaces the same tensors by constants for one operating point.
+* `floatedge.graph.static` later replaces the same tensors by constants for one operating point.
 
 The λ subgraph mirrors `floatedge.oppoint.noise_scale_array` op for op (Greater, Where, Sub, Div),
 with λ_th baked in as the initializer `lambda_th` (choice: a constant, not a second input — one

@@ -35,7 +35,7 @@ from onnx import numpy_helper
 from floatedge.bundle import LAMBDA, Bundle, iter_layers
 from floatedge.oppoint import OperatingPoint, noise_scale_array
 
-from .graph import BN_PARAMS, BN_SETS, initializer_arrays, noisy_weight_name, prune
+from .scalable import BN_PARAMS, BN_SETS, initializer_arrays, noisy_weight_name, prune
 
 
 def point_arrays(model: onnx.ModelProto, entry: Mapping, op: OperatingPoint,
