@@ -25,17 +25,21 @@ Typical device-side use::
     onnx_bytes = b.model_bytes(op.width)       # feed `images` and `lambda_n` to it
     b.lookup(op)                               # the CA/RA measured at that point, if evaluated
 
-Manifest keys (schema version 1), all required unless marked optional:
+Manifest keys (schema version 1; version 2 adds OAT), all required unless marked optional:
 
-* ``format`` = "floatedge-bundle", ``schema_version`` = 1, ``created`` (ISO-8601 UTC)
-* ``architecture``, ``method`` ("float", "floats", "pgdat", "standard"), ``classes`` (list of names)
+* ``format`` = "floatedge-bundle", ``schema_version`` = 1 or 2, ``created`` (ISO-8601 UTC)
+* ``architecture``, ``method`` ("float", "floats", "pgdat", "standard", "oat", "oats"), ``classes`` (list of names)
+* ``kind`` (optional, default "float"): "float" or "oat" (`KINDS`); "oat" needs schema version 2 and
+  ``film``: {``dim``, ``encoding`` ("scalar" or "orthogonal"), ``grid``, ``seed``, ``init``, ``layers``}.
+  An OAT bundle's ``lambda_th`` is 0: its BNs route as the λ rule at λ_th = 0, and it takes no other.
 * ``input``: ``name`` "images", ``shape`` [C, H, W], ``dtype`` "float32", ``range`` [0, 1],
   ``layout`` "NCHW", ``mean`` / ``std`` (normalisation done inside the model)
 * ``widths`` (widest first), ``lambda_th`` (the threshold baked into every graph)
 * ``noise``: ``seed``, ``mode``, ``eta_dtype`` ("float32" or "float16")
 * ``alphas``: {layer name: α} (empty for models without noise)
 * ``models``: list of {``width``, ``file``, ``opset``, ``layers``}; ``layers`` lists the conditional
-  layers of that graph: {``name``, ``kind`` ("conv", "linear", "bn"), ``noisy`` / ``dual``}
+  layers of that graph: {``name``, ``kind`` ("conv", "linear", "bn"), ``noisy`` / ``dual``, and for a BN
+  followed by a FiLM (OAT) ``film``: true}
 * ``operating_points`` (optional, null when exported without ``--eval``): ``source``, ``n_images``,
   ``attacks`` {name: description}, ``epochs``, ``rows`` [{lambda_n, width, lambda_th, noise_scale,
   bn, clean_acc, <attack>_acc}]
@@ -65,7 +69,7 @@ from typing import IO, Any
 from floatedge.fsutil import atomic_write, current_umask
 from floatedge.oppoint import OperatingPoint, OperatingPointError, check_width
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest this code reads and writes; see KIND_SCHEMA
 FORMAT = "floatedge-bundle"
 MANIFEST = "manifest.json"
 SUFFIX = ".febundle"
@@ -75,6 +79,13 @@ LAMBDA = "lambda_n"
 OUTPUT = "logits"
 NOISE_SCALE = "noise_scale"  # tensor names of the λ subgraph's two outputs in every scalable graph
 USE_ADV = "use_adv"
+
+# What carries λ in a bundle's graphs: "float" — W + s·α·η and dual BN (also PGD-AT and standard runs, which
+# have neither noise nor a second BN); "oat" — FiLM MLPs on λ_n after the BNs, dual BN routed at λ_th = 0.
+KINDS = ("float", "oat")
+# A bundle is written at the lowest schema that describes it: FLOAT bundles stay version 1 (the `kind` key is
+# additive), so a floatedge that reads only version 1 still opens them; OAT needs version 2.
+KIND_SCHEMA = {"float": 1, "oat": 2}
 
 VERIFY_LAMBDAS = (0.0, 0.2, 0.37, 0.5, 0.51, 0.7, 1.0)
 PARITY_TOL = 1e-4
@@ -296,6 +307,16 @@ class Bundle:
         return float(self.manifest["lambda_th"])
 
     @property
+    def kind(self) -> str:
+        """"float" or "oat" (`KINDS`): which λ machinery the graphs carry. Version-1 bundles are "float"."""
+        return self.manifest.get("kind", "float")
+
+    @property
+    def film(self) -> dict | None:
+        """OAT bundles: the FiLM description (`dim`, `encoding`, `grid`, `seed`, `init`, `layers`); else None."""
+        return self.manifest.get("film")
+
+    @property
     def is_tar(self) -> bool:
         return self._source.tar
 
@@ -352,8 +373,15 @@ class Bundle:
     def operating_point(self, lambda_n: float, width: float | None = None) -> OperatingPoint:
         """An OperatingPoint this bundle can run: λ_n checked in [0, 1], width present, the bundle's λ_th."""
         w = self.widths[0] if width is None else width
-        op = OperatingPoint(lambda_n, w, self.lambda_th)
+        return self.check_point(OperatingPoint(lambda_n, w, self.lambda_th))
+
+    def check_point(self, op: OperatingPoint) -> OperatingPoint:
+        """`op` if this bundle can run it: its width is here and, for an OAT bundle, λ_th is 0 — OAT has no
+        threshold, its BNs route as the λ rule does at λ_th = 0 (BN_A iff λ_n > 0); OperatingPointError else."""
         self.model_entry(op.width)
+        if self.kind == "oat" and op.lambda_th != 0.0:
+            raise OperatingPointError(f"an OAT bundle has no λ_th: its BNs route at λ_th = 0 (BN_A iff λ_n > 0), "
+                                      f"got λ_th={op.lambda_th:g}")
         return op
 
     def table(self) -> list[dict]:
@@ -408,6 +436,12 @@ def check_manifest(manifest: Any, path: str | Path = "bundle") -> None:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"{path}: {MANIFEST} lacks {', '.join(missing)}")
+    kind = manifest.get("kind", "float")
+    if kind not in KINDS:
+        raise BundleError(f"{path}: {MANIFEST} has an unknown model kind {kind!r} (known: {', '.join(KINDS)})")
+    if version < KIND_SCHEMA[kind] or (kind == "oat" and not isinstance(manifest.get("film"), dict)):
+        raise BundleError(f"{path}: {MANIFEST} of kind {kind!r} needs schema version ≥ {KIND_SCHEMA[kind]} "
+                          f"and a film description (it has version {version})")
 
 
 def iter_layers(entry: Mapping[str, Any], kind: str | None = None) -> Iterator[dict]:
@@ -418,7 +452,7 @@ def iter_layers(entry: Mapping[str, Any], kind: str | None = None) -> Iterator[d
 
 
 __all__ = [
-    "SCHEMA_VERSION", "FORMAT", "MANIFEST", "SUFFIX", "INPUT", "LAMBDA", "OUTPUT", "NOISE_SCALE", "USE_ADV",
+    "SCHEMA_VERSION", "KINDS", "KIND_SCHEMA", "FORMAT", "MANIFEST", "SUFFIX", "INPUT", "LAMBDA", "OUTPUT", "NOISE_SCALE", "USE_ADV",
     "VERIFY_LAMBDAS", "PARITY_TOL", "BundleError", "Bundle", "FileStatus", "open_bundle", "write_bundle",
     "check_manifest", "manifest_checksum", "model_filename", "sha256_bytes", "sha256_file", "iter_layers",
 ]

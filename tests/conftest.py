@@ -29,12 +29,12 @@ def cifar_slice(cifar10_path):
     return load_cifar10(cifar10_path).limit(train=512, test=128, seed=0)
 
 
-def _train_tiny(tmp_path_factory, method: str, widths, dataset):
+def _train_tiny(tmp_path_factory, method: str, widths, dataset, **extra):
     from floatedge.train.trainer import TrainConfig, train
 
     out = tmp_path_factory.mktemp(f"run_{method}")
     cfg = TrainConfig(method=method, arch="tiny", dataset=dataset.name, epochs=1, batch_size=64, widths=widths,
-                      pgd_steps=2, lr=0.05)
+                      pgd_steps=2, lr=0.05, **extra)
     return train(cfg, out, progress=False, dataset=dataset)
 
 
@@ -55,6 +55,19 @@ def float_run(tmp_path_factory, synthetic) -> Path:
 def floats_run(tmp_path_factory, synthetic) -> Path:
     """A tiny FLOATS model (widths 1.0, 0.75, 0.5) trained for one epoch on synthetic data."""
     return _train_tiny(tmp_path_factory, "floats", (1.0, 0.75, 0.5), synthetic)
+
+
+@pytest.fixture(scope="session")
+def oat_run(tmp_path_factory, synthetic) -> Path:
+    """A tiny OAT model (128-d orthogonal λ encoding, one width) trained for one epoch on synthetic data. The
+    reference FiLM init, so γ(λ)/β(λ) differ clearly between λs after one epoch."""
+    return _train_tiny(tmp_path_factory, "oat", (1.0,), synthetic, film_dim=128, film_init="reference")
+
+
+@pytest.fixture(scope="session")
+def oats_run(tmp_path_factory, synthetic) -> Path:
+    """A tiny OATS model (scalar λ encoding, widths 1.0 and 0.5), one epoch on synthetic data."""
+    return _train_tiny(tmp_path_factory, "oats", (1.0, 0.5), synthetic, film_dim=1, film_init="reference")
 
 
 def write_cifar10(root: Path, per_batch: int = 6, seed: int = 0, protocol: int = 2) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,8 @@ def _widths(ws) -> str:
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13–20).")
 @click.option("--eval", "eval_file", type=click.Path(), default=None,
               help="`floatedge eval` result of this run: becomes the operating-point table.")
-@click.option("--lambda-th", type=float, default=0.5, show_default=True, help="λ_th baked into every graph.")
+@click.option("--lambda-th", type=float, default=None,
+              help="λ_th baked into every graph (default 0.5; OAT/OATS runs have none and take only 0).")
 @click.option("--eta-dtype", type=click.Choice(["auto", "float16", "float32"]), default="auto", show_default=True,
               help="Storage type of η; auto = float16 if ONNX Runtime still matches PyTorch within 1e-4, else float32.")
 @click.option("--tar", is_flag=True, help="Write one tar file instead of a directory.")
@@ -62,11 +63,15 @@ def inspect_cmd(bundle) -> None:
     click.echo(f"bundle   {b.path} ({'tar' if b.is_tar else 'directory'}), schema {b.schema_version}, "
                f"created {m.get('created', '?')}")
     shape = "×".join(str(d) for d in m["input"]["shape"])
-    click.echo(f"model    {m['method']} {m['architecture']}, {len(m['classes'])} classes, input {shape} "
+    click.echo(f"model    {m['method']} {m['architecture']} (kind {b.kind}), {len(m['classes'])} classes, input {shape} "
                f"{m['input']['dtype']} in [{m['input']['range'][0]:g}, {m['input']['range'][1]:g}]")
-    noise = m["noise"]
-    click.echo(f"λ        λ_th {b.lambda_th:g}; noise seed {noise['seed']} ({noise['mode']}), η stored as "
-               f"{noise['eta_dtype']}; {len(m['alphas'])} noisy layers")
+    noise, film = m["noise"], b.film
+    if film:
+        click.echo(f"λ        FiLM on λ_n in-graph: {film['layers']} FiLM layers, {film['encoding']} encoding of size "
+                   f"{film['dim']}; BN_A iff λ_n > 0 (λ_th {b.lambda_th:g}, OAT has no other)")
+    else:
+        click.echo(f"λ        λ_th {b.lambda_th:g}; noise seed {noise['seed']} ({noise['mode']}), η stored as "
+                   f"{noise['eta_dtype']}; {len(m['alphas'])} noisy layers")
     click.echo(f"widths   {_widths(b.widths)}")
     git = (prov.get("git_commit") or "?")[:10] + (" dirty" if prov.get("git_dirty") else "")
     pk = prov.get("packages", {})

@@ -39,9 +39,9 @@ from floatedge import __version__
 from floatedge.bundle import (
     FORMAT,
     INPUT,
+    KIND_SCHEMA,
     OUTPUT,
     PARITY_TOL,
-    SCHEMA_VERSION,
     VERIFY_LAMBDAS,
     BundleError,
     model_filename,
@@ -49,9 +49,11 @@ from floatedge.bundle import (
     sha256_file,
     write_bundle,
 )
+from floatedge.graph.film import ENC_GRID, ENC_ROWS, film_array_names
 from floatedge.graph.scalable import BN_PARAMS, BN_SETS, ETA_DTYPES, make_scalable, point_tensor_names
 from floatedge.graph.static import freeze
 from floatedge.oppoint import DEFAULT_LAMBDA_TH, OperatingPoint, check_lambda_th, parse_widths
+from floatedge.train.film import BNFiLM, FiLM, LambdaEncoder
 from floatedge.train.layers import DualBatchNorm2d, NoisyConv2d, NoisyLinear, Normalize
 from floatedge.train.models import FloatModel
 from floatedge.train.trainer import CHECKPOINT, TrainConfig, load_model
@@ -139,8 +141,20 @@ def collect(model: FloatModel, width: float) -> tuple[nn.Module, list[dict], dic
     layers: list[dict] = []
     arrays: dict[str, np.ndarray] = {}
     extra: list[str] = []
+    replaced: list[str] = []
     with torch.no_grad():
+        encoder = getattr(twin, "lambda_encoder", None)
+        if isinstance(encoder, LambdaEncoder):  # OAT: the encoding is rebuilt in-graph (floatedge.graph.film)
+            if encoder.dim > 1:
+                arrays[ENC_GRID] = _np(encoder.grid)
+                arrays[ENC_ROWS] = _np(encoder.matrix[: len(encoder.grid)])
+            del twin.lambda_encoder
         for name, m in list(twin.named_modules()):
+            if any(name.startswith(f"{r}.") for r in replaced):
+                continue  # inside a module already replaced (BNFiLM's BN and FiLM)
+            film = None
+            if isinstance(m, BNFiLM):
+                m, film = m.bn, m.film
             if isinstance(m, (NoisyConv2d, NoisyLinear)):
                 out_c, in_c = m.out_list[k], m.in_list[k]
                 kind = "conv" if isinstance(m, NoisyConv2d) else "linear"
@@ -157,10 +171,12 @@ def collect(model: FloatModel, width: float) -> tuple[nn.Module, list[dict], dic
                 eps = {bn.eps for bn in sets}
                 if len(eps) != 1 or not all(bn.affine and bn.track_running_stats for bn in sets):
                     raise ExportError(f"{name}: BN sets differ in eps or lack affine/running stats")
-                layers.append({"name": name, "kind": "bn", "dual": bool(m.dual)})
+                layers.append({"name": name, "kind": "bn", "dual": bool(m.dual)} | ({"film": True} if film else {}))
                 for s, bn in zip(BN_SETS if m.dual else ("",), sets, strict=True):
                     for p in BN_PARAMS:
                         arrays[f"{name}.{s}.{p}" if s else f"{name}.{p}"] = _np(getattr(bn, p))
+                if film is not None:
+                    arrays.update(_film_arrays(name, film, m.num_list[k]))
                 stand_in = _BatchNormIn(name, feed, eps.pop())
             elif isinstance(m, Normalize):
                 arrays[f"{name}.mean"], arrays[f"{name}.std"] = _np(m.mean), _np(m.std)
@@ -170,7 +186,18 @@ def collect(model: FloatModel, width: float) -> tuple[nn.Module, list[dict], dic
                 continue
             parent_name, _, child = name.rpartition(".")
             setattr(twin.get_submodule(parent_name), child, stand_in)
+            replaced.append(name)
     return twin, layers, arrays, point_tensor_names(layers) + extra, feed
+
+
+def _film_arrays(bn: str, film: FiLM, cw: int) -> dict[str, np.ndarray]:
+    """The FiLM MLP of one BN sliced to a width of `cw` channels, as `FiLM.coefficients` slices it: fc1's
+    first 2·cw rows; fc2's γ rows [0, cw) and β rows [C, C + cw), its first 2·cw columns."""
+    c = max(film.num_list)
+    rows = torch.cat([torch.arange(cw), c + torch.arange(cw)])
+    w1, b1, w2, b2 = film_array_names(bn)
+    return {w1: _np(film.fc1.weight[: 2 * cw]), b1: _np(film.fc1.bias[: 2 * cw]),
+            w2: _np(film.fc2.weight[rows][:, : 2 * cw]), b2: _np(film.fc2.bias[rows])}
 
 
 def _trace_values(model: FloatModel, width: float, names: Sequence[str], arrays: dict[str, np.ndarray],
@@ -195,6 +222,11 @@ class Traced:
     arrays: dict[str, np.ndarray]
     graph_name: str
 
+    @property
+    def oat(self) -> bool:
+        """An OAT model: some BN is followed by a FiLM (`floatedge.graph.film`)."""
+        return any(layer.get("film") for layer in self.layers)
+
 
 def trace_width(model: FloatModel, width: float, input_shape: Sequence[int], opset: int = DEFAULT_OPSET) -> Traced:
     """Trace the plain network of one width: weights as named graph inputs (see the module docstring)."""
@@ -218,10 +250,23 @@ def trace_width(model: FloatModel, width: float, input_shape: Sequence[int], ops
                   f"{type(model).__name__.lower()}_w{width:g}")
 
 
-def finish(traced: Traced, lambda_th: float = DEFAULT_LAMBDA_TH, eta_dtype: str = "float32") -> onnx.ModelProto:
-    """The runtime-scalable model of a traced width, η stored as `eta_dtype`."""
+def resolve_lambda_th(oat: bool, lambda_th: float | None) -> float:
+    """The λ_th a graph bakes in: the one given (default 0.5) for FLOAT-kind models; 0 for OAT, whose BN
+    routing is the λ rule at λ_th = 0 and which has no threshold to choose (another value is an ExportError)."""
+    if not oat:
+        return check_lambda_th(DEFAULT_LAMBDA_TH if lambda_th is None else lambda_th)
+    if lambda_th is not None and float(lambda_th) != 0.0:
+        raise ExportError(f"OAT/OATS have no λ_th (their BNs route at 0: BN_A iff λ_n > 0); "
+                          f"export without --lambda-th (got {lambda_th:g})")
+    return 0.0
+
+
+def finish(traced: Traced, lambda_th: float | None = None, eta_dtype: str = "float32") -> onnx.ModelProto:
+    """The runtime-scalable model of a traced width, η stored as `eta_dtype`; `lambda_th` as
+    `resolve_lambda_th` (None: 0.5, or 0 for an OAT model)."""
     if eta_dtype not in ETA_DTYPES:
         raise ExportError(f"eta dtype must be one of {', '.join(ETA_DTYPES)}, got {eta_dtype!r}")
+    lambda_th = resolve_lambda_th(traced.oat, lambda_th)
     w = traced.width
     scalable = make_scalable(traced.base, traced.layers, traced.arrays, lambda_th, eta_dtype)
     scalable.producer_name, scalable.producer_version = "floatedge", __version__
@@ -234,7 +279,7 @@ def finish(traced: Traced, lambda_th: float = DEFAULT_LAMBDA_TH, eta_dtype: str 
     return scalable
 
 
-def export_model(model: FloatModel, width: float, input_shape: Sequence[int], lambda_th: float = DEFAULT_LAMBDA_TH,
+def export_model(model: FloatModel, width: float, input_shape: Sequence[int], lambda_th: float | None = None,
                  opset: int = DEFAULT_OPSET, eta_dtype: str = "float32") -> tuple[onnx.ModelProto, list[dict]]:
     """The runtime-scalable ONNX model of one width and its layer table (for the manifest)."""
     traced = trace_width(model, width, input_shape, opset)
@@ -291,6 +336,14 @@ class ExportResult:
         return self.bundle_bytes / self.plain_bytes
 
 
+def film_description(model: FloatModel, layers: Sequence[dict], seed: int) -> dict:
+    """The manifest's `film` entry of an OAT model: what the encoding is and how many FiLMs the graph has."""
+    enc = model.lambda_encoder
+    return {"dim": int(enc.dim), "encoding": "orthogonal" if enc.dim > 1 else "scalar",
+            "grid": [float(g) for g in enc.grid], "seed": int(seed), "init": model.spec.film_init,
+            "layers": sum(bool(layer.get("film")) for layer in layers)}
+
+
 def _git_commit() -> dict:
     root = Path(__file__).resolve().parents[2]
     try:
@@ -338,7 +391,7 @@ def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, w
 
 def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] | str | None = None,
                   opset: int = DEFAULT_OPSET, eval_file: str | Path | None = None, tar: bool = False,
-                  lambda_th: float = DEFAULT_LAMBDA_TH, eta_dtype: str = "auto",
+                  lambda_th: float | None = None, eta_dtype: str = "auto",
                   force: bool = False) -> ExportResult:
     """Export the finished run in `run_dir` to the bundle `out` (a directory, or one tar file with `tar`).
 
@@ -346,14 +399,17 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
     every λ_n of VERIFY_LAMBDAS and every width (measured here, before writing), else as float32; an
     explicit dtype that breaks parity is an ExportError. So `floatedge verify --run` passes on any bundle
     this writes.
+
+    `lambda_th` None: 0.5 for FLOAT-kind runs; OAT/OATS runs take only 0 (`resolve_lambda_th`). An OAT run
+    gives a bundle of kind "oat" (schema version 2): FiLM MLPs in the graph, the same inputs.
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    lambda_th = check_lambda_th(lambda_th)
     out = Path(out)
     if out.exists() and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it")
     model, cfg, ckpt = load_model(run_dir)
+    lambda_th = resolve_lambda_th(model.is_oat, lambda_th)
     if not ckpt.get("finished"):
         raise ExportError(f"{run_dir}: training is not finished (epoch {ckpt.get('epoch')} of {cfg.epochs}); "
                           "export a finished run")
@@ -383,12 +439,15 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
         entry = {"width": w, "file": name, "opset": opset, "layers": traced[w].layers}
         entries.append(entry)
         plain_sizes[w] = len(freeze(proto, entry, OperatingPoint(0.0, w, lambda_th)).SerializeToString())
+    kind = "oat" if model.is_oat else "float"
     manifest = {
         "format": FORMAT,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": KIND_SCHEMA[kind],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "architecture": cfg.arch,
         "method": cfg.method,
+        "kind": kind,
+        "film": film_description(model, traced[chosen[0]].layers, cfg.seed) if model.is_oat else None,
         "classes": list(ds["classes"]),
         "input": {"name": INPUT, "shape": list(ds["input_shape"]), "dtype": "float32", "range": [0.0, 1.0],
                   "layout": "NCHW", "mean": list(ds["mean"]), "std": list(ds["std"])},

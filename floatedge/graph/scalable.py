@@ -8,6 +8,10 @@ weight a layer consumes is a graph input named after the layer (`conv1.weight`, 
   the λ subgraph (built once), `W + s·α·η` per noisy layer, and a `Where` per dual-BN parameter;
 * `floatedge.graph.static` later replaces the same tensors by constants for one operating point.
 
+An OAT model (BN layers marked `"film"`) gets its FiLM MLPs the same way: `floatedge.graph.film` computes
+the folded `<bn>.weight` / `<bn>.bias` from `lambda_n` in-graph, so its base-graph inputs are a FLOAT
+model's and everything downstream (static form, refit, runtime) treats both alike.
+
 The λ subgraph mirrors `floatedge.oppoint.noise_scale_array` op for op (Greater, Where, Sub, Div),
 with λ_th baked in as the initializer `lambda_th` (choice: a constant, not a second input — one
 threshold per bundle, recorded in the manifest; a graph for another λ_th is one re-export away, and the
@@ -22,6 +26,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from floatedge.bundle import LAMBDA, NOISE_SCALE, USE_ADV
+
+from .film import ENC_GRID, ENC_ROWS, FOLDED, encoder_nodes, film_array_names, film_nodes, selected_name
 
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 BN_SETS = ("clean", "adv")  # index = floatedge.oppoint.BN_CLEAN / BN_ADV
@@ -78,6 +84,8 @@ def make_scalable(base: onnx.ModelProto, layers: Sequence[Mapping], arrays: Mapp
     `arrays` holds the stored tensors under their initializer names: `<layer>.weight`, `.bias`, `.alpha`,
     `.eta` for conv/linear layers; `<bn>.clean.<p>` and `<bn>.adv.<p>` for dual BNs (`<bn>.<p>` for a
     single BN); `normalize.mean` / `normalize.std`. Every other base input except `images` must be in it.
+    An OAT model (BN layers with `"film": True`) adds `<bn>.film.fc{1,2}.{weight,bias}` per FiLM and, for an
+    encoding of size > 1, `lambda_encoder.grid` / `lambda_encoder.rows` (see `floatedge.graph.film`).
     """
     if eta_dtype not in ETA_DTYPES:
         raise ValueError(f"eta dtype must be one of {', '.join(ETA_DTYPES)}, got {eta_dtype!r}")
@@ -89,18 +97,37 @@ def make_scalable(base: onnx.ModelProto, layers: Sequence[Mapping], arrays: Mapp
     renames: dict[str, str] = {}
     stored: dict[str, np.ndarray] = {}
     handled: set[str] = set()
+    films = [layer for layer in layers if layer.get("film")]
+    if films and lambda_th != 0:
+        raise ValueError(f"an OAT model routes its BNs at λ_th = 0 (BN_A iff λ_n > 0); got λ_th = {lambda_th:g}")
+    if films:
+        interpolated = ENC_ROWS in arrays
+        enc_nodes, enc_inits = encoder_nodes(interpolated, len(arrays[ENC_GRID]) if interpolated else 0)
+        nodes += enc_nodes
+        inits += enc_inits
+        for k in (ENC_GRID, ENC_ROWS) if interpolated else ():
+            stored[k] = np.asarray(arrays[k], np.float32)
     for layer in layers:
         name = layer["name"]
         if layer["kind"] == "bn":
+            film = bool(layer.get("film"))
             for p in BN_PARAMS:
                 handled.add(f"{name}.{p}")
+                # with a FiLM, the set's weight and bias are an intermediate: FiLM is folded into them below
+                target = selected_name(name, p) if film and p in FOLDED else f"{name}.{p}"
                 if layer["dual"]:
                     for s in BN_SETS:
                         stored[f"{name}.{s}.{p}"] = arrays[f"{name}.{s}.{p}"]
                     nodes.append(helper.make_node("Where", [USE_ADV, f"{name}.adv.{p}", f"{name}.clean.{p}"],
-                                                  [f"{name}.{p}"], name=f"{name}/select_{p}"))
+                                                  [target], name=f"{name}/select_{p}"))
                 else:
-                    stored[f"{name}.{p}"] = arrays[f"{name}.{p}"]
+                    stored[target] = arrays[f"{name}.{p}"]
+            if film:
+                for k in film_array_names(name):
+                    stored[k] = np.asarray(arrays[k], np.float32)
+                f_nodes, f_inits = film_nodes(name, int(arrays[film_array_names(name)[0]].shape[0]) // 2)
+                nodes += f_nodes
+                inits += f_inits
             continue
         w = f"{name}.weight"
         handled.add(w)

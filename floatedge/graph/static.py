@@ -33,23 +33,31 @@ import onnx
 from onnx import numpy_helper
 
 from floatedge.bundle import LAMBDA, Bundle, iter_layers
-from floatedge.oppoint import OperatingPoint, noise_scale_array
+from floatedge.oppoint import OperatingPoint, OperatingPointError, noise_scale_array
 
+from .film import FOLDED, encode_lambda, film_coefficients, fold, selected_name
 from .scalable import BN_PARAMS, BN_SETS, initializer_arrays, noisy_weight_name, prune
 
 
 def point_arrays(model: onnx.ModelProto, entry: Mapping, op: OperatingPoint,
                  inits: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The tensors that depend on the operating point, computed from a scalable model's initializers:
-    noisy conv/linear weights (`<layer>.weight`) and the selected BN parameters (`<bn>.<param>`).
+    noisy conv/linear weights (`<layer>.weight`) and the selected BN parameters (`<bn>.<param>`); in an OAT
+    model, the FiLM at λ_n folded into its BN's weight and bias (`floatedge.graph.film`). An OAT model
+    takes only λ_th = 0 (its BN routing; OperatingPointError otherwise).
 
     `inits`: `initializer_arrays(model)`, when the caller keeps it across points (a runtime switching
     point: decoding every initializer is ~80% of this function's time)."""
     if inits is None:
         inits = initializer_arrays(model)
+    film = any(layer.get("film") for layer in iter_layers(entry, "bn"))
+    if film and op.lambda_th != 0:
+        raise OperatingPointError(f"an OAT model has no λ_th: its BNs route at λ_th = 0 (BN_A iff λ_n > 0), "
+                                  f"got λ_th={op.lambda_th:g}")
     s, use_adv = noise_scale_array(np.float32(op.lambda_n), op.lambda_th)
     s = np.float32(s)
     bn_set = BN_SETS[int(bool(use_adv))]
+    cond = encode_lambda(op.lambda_n, inits) if film else None
     out: dict[str, np.ndarray] = {}
     for layer in iter_layers(entry):
         name = layer["name"]
@@ -57,6 +65,9 @@ def point_arrays(model: onnx.ModelProto, entry: Mapping, op: OperatingPoint,
             if layer["dual"]:
                 for p in BN_PARAMS:
                     out[f"{name}.{p}"] = inits[f"{name}.{bn_set}.{p}"]
+            if layer.get("film"):
+                w, b = (out.get(f"{name}.{p}", inits.get(selected_name(name, p))) for p in FOLDED)
+                out[f"{name}.weight"], out[f"{name}.bias"] = fold(w, b, *film_coefficients(name, cond, inits))
         elif layer["noisy"]:
             gain = s * inits[f"{name}.alpha"].astype(np.float32)
             noise = (gain * inits[f"{name}.eta"].astype(np.float32)).astype(np.float32)
