@@ -543,7 +543,7 @@ def test_runtime_imports_and_runs_with_torch_hidden(bundle, reference):
             print(model.describe()["mode"])
         np.save(sys.argv[1], out)
         from floatedge.cli import main  # the bench command too
-        main(["bench", {str(bundle)!r}, "--batches", "1", "--lambdas", "0", "--widths", "0.5", "--rounds", "2",
+        main(["bench", {str(bundle)!r}, "--batches", "1", "--lambdas", "0", "--widths", "0.5", "--rounds", "10",
               "--budget", "0", "--no-switch"], standalone_mode=False)
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
         try:
@@ -564,7 +564,7 @@ def test_runtime_imports_and_runs_with_torch_hidden(bundle, reference):
 def test_bench_cli_writes_json_and_table(bundle, tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", str(bundle), "--batches", "1,4", "--lambdas", "0,0.7",
-                                       "--widths", "1,0.5", "--rounds", "2", "--budget", "0", "--clients", "2",
+                                       "--widths", "1,0.5", "--rounds", "10", "--budget", "0", "--clients", "2",
                                        "--concurrency", "1", "--json", str(out)])
     assert result.exit_code == 0, result.output
     res = json.loads(out.read_text())

@@ -166,7 +166,7 @@ def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8
             p = OperatingPoint(points[-1].lambda_n, w, rt.lambda_th)
             for r in other.values():
                 r.set_operating_point(lambda_n=p.lambda_n, width=w)
-            for b in (min(batches), max(batches)):
+            for b in sorted({min(batches), max(batches)}):
                 x = xs[b]
                 t = interleaved({m: (lambda r=r, x=x: r.infer(x)) for m, r in other.items()}, rounds, budget_s)
                 row = {"width": w, "lambda_n": p.lambda_n, "batch": b, **{m: _stats(v, b) for m, v in t.items()}}
@@ -199,6 +199,23 @@ def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8
     return out
 
 
+def switch_plan(start: OperatingPoint, narrow: float) -> list[tuple[str, dict[str, float]]]:
+    """The switches `switch_under_load` makes from `start` (λ_n 0 at the widest width): λ_n, the width,
+    λ_n again (points never prepared: cold), then back to `start` (prepared when opened: cached). A switch
+    that would change nothing (the width change of a one-width bundle) is left out, not timed as a no-op."""
+    targets = [(0.7, start.width), (0.7, narrow), (0.2, narrow), (start.lambda_n, start.width)]
+    plan, (lam, width) = [], (start.lambda_n, start.width)
+    for i, (to_lam, to_width) in enumerate(targets):
+        change = {k: v for k, v, now in (("lambda_n", to_lam, lam), ("width", to_width, width)) if v != now}
+        if not change:
+            continue
+        what = "+".join({"lambda_n": "λ", "width": "width"}[k] for k in sorted(change, reverse=True))
+        back = i == len(targets) - 1
+        plan.append((f"{what} {'back (cached)' if back else 'change (cold)'}", change))
+        lam, width = to_lam, to_width
+    return plan
+
+
 def switch_under_load(bundle: str, backend: str = "auto", clients: int = 4, threads: int | None = 1,
                       settle_s: float = 1.5, batch: int = 1, log: Callable[[str], None] = lambda s: None,
                       mode: str = "auto", concurrency: int | None = None) -> dict[str, Any]:
@@ -208,9 +225,7 @@ def switch_under_load(bundle: str, backend: str = "auto", clients: int = 4, thre
     if concurrency is not None:
         opts["concurrency"] = concurrency
     rt = open_runtime(bundle, backend=backend, mode=mode, **opts)
-    wide, narrow = max(rt.widths), min(rt.widths)
-    plan = [("λ change (cold)", {"lambda_n": 0.7}), ("width change (cold)", {"width": narrow}),
-            ("λ change (cold)", {"lambda_n": 0.2}), ("width+λ back (cached)", {"lambda_n": 0.0, "width": wide})]
+    plan = switch_plan(rt.operating_point, min(rt.widths))
     x = _images(rt.input_spec, batch)
     records: list[tuple[float, float, Any, str | None]] = []
     lock = threading.Lock()
