@@ -162,6 +162,45 @@ def test_lambda_graph_agrees_with_oppoint_on_a_fine_grid(float_run, lambda_th):
         assert int(adv) == bn_set(float(lam), lambda_th), lam
 
 
+@pytest.mark.parametrize("arch,method,widths", [("resnet20", "floats", (1.0, 0.5)), ("wrn40_2", "float", (1.0,)),
+                                                ("resnet20", "oats", (1.0, 0.5))])
+def test_real_architectures_export_with_parity(arch, method, widths):
+    """Not only `tiny`: an untrained model straight from its TrainConfig (export does not care how well it is
+    trained), BN statistics and biases randomised so both BN sets and every FiLM carry signal; ONNX Runtime,
+    in-graph and frozen, against PyTorch at the paper's λs and every width."""
+    from floatedge.graph.static import freeze
+    from floatedge.train.trainer import TrainConfig, build_model
+
+    cfg = TrainConfig(method=method, arch=arch, widths=widths, film_init="reference")
+    meta = {"num_classes": 10, "input_shape": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "classes": []}
+    model = build_model(cfg, meta).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith(("running_mean", ".bias")) and ".film." not in name:
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+            elif name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+    th = 0.0 if cfg.oat else 0.5
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    for w in widths:
+        scalable, layers = export_model(model, w, meta["input_shape"])
+        films = sum(bool(layer.get("film")) for layer in layers)
+        assert films == (19 if cfg.oat else 0)  # ResNet-20: stem + 2 per block, none after a shortcut BN
+        sess = ort_session(scalable)
+        outs = []
+        for lam in (0.0, 0.2, 0.7, 1.0):
+            op = OperatingPoint(lam, w, th)
+            model.set_operating_point(op)
+            with torch.no_grad():
+                want = model(torch.from_numpy(x)).numpy()
+            outs.append(want)
+            assert np.abs(run_scalable(sess, x, lam) - want).max() <= 1e-4, (w, lam)
+            frozen = ort_session(freeze(scalable, {"layers": layers}, op)).run(["logits"], {"images": x})[0]
+            assert np.abs(frozen - want).max() <= 1e-4, (w, lam)
+        assert np.abs(outs[1] - outs[2]).max() > 1e-3  # λ moves the logits: the parity above is not hollow
+
+
 # ------------------------------------------------------------------------------------ static form
 def test_static_form_shares_names_and_graph_across_operating_points(floats_bundle):
     b = open_bundle(floats_bundle)

@@ -340,7 +340,7 @@ def film_description(model: FloatModel, layers: Sequence[dict], seed: int) -> di
     """The manifest's `film` entry of an OAT model: what the encoding is and how many FiLMs the graph has."""
     enc = model.lambda_encoder
     return {"dim": int(enc.dim), "encoding": "orthogonal" if enc.dim > 1 else "scalar",
-            "grid": [float(g) for g in enc.grid], "seed": int(seed), "init": model.spec.film_init,
+            "grid": [round(float(g), 7) for g in enc.grid], "seed": int(seed), "init": model.spec.film_init,
             "layers": sum(bool(layer.get("film")) for layer in layers)}
 
 
