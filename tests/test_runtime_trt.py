@@ -1,4 +1,4 @@
-"""The TensorRT backend. Its pure-Python parts (version table, engine cache keys, device identity, the
+"""The TensorRT backend. Its pure-Python parts (version table, engine cache keys, the identity it is given, the
 weights to refit for an operating point, BN folding) run everywhere against real bundles and real ONNX
 Runtime; the engine tests need TensorRT and a GPU and skip with the reason otherwise."""
 from __future__ import annotations
@@ -21,7 +21,6 @@ from floatedge.runtime.trt.common import (
     bn_layers,
     bn_scale_shift,
     complete_refit,
-    jetson_identity,
     parse_version,
     refit_plan,
 )
@@ -79,32 +78,6 @@ def test_engine_key_names_what_matters():
 def test_engine_key_is_safe_as_a_file_name():
     name = EngineKey(**{**BASE, "device": "Orin (NX) / 16GB", "l4t": ""}).filename()
     assert "/" not in name and " " not in name and "l4tnone" in name
-
-
-# ------------------------------------------------------------------------------------------ device identity
-def _tree(root: Path, dts: str | None, release: str | None) -> Path:
-    if dts is not None:
-        (root / "proc/device-tree").mkdir(parents=True)
-        (root / "proc/device-tree/nvidia,dtsfilename").write_bytes(dts.encode() + b"\0")
-    if release is not None:
-        (root / "etc").mkdir(parents=True)
-        (root / "etc/nv_tegra_release").write_text(release)
-    return root
-
-
-@pytest.mark.parametrize("dts, release, want", [
-    ("/dvs/git/dirty/git-master_linux/kernel-dts/tegra234-p3767-0000-p3768-0000-a0.dts",
-     "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 2025",
-     {"device": "p3767-0000", "l4t": "36.4.3"}),
-    ("hardware/nvidia/platform/t19x/jakku/kernel-dts/tegra194-p3668-0001-p3509-0000.dts",
-     "# R35 (release), REVISION: 3.1, GCID: 32827747, BOARD: t186ref, EABI: aarch64, DATE: Sun Mar 19 2023",
-     {"device": "p3668-0001", "l4t": "35.3.1"}),
-    ("tegra210-p3448-0000-p3449-0000-b00.dts", "# R32 (release), REVISION: 7.4, GCID: 33514132, BOARD: t210ref",
-     {"device": "p3448-0000", "l4t": "32.7.4"}),
-    (None, None, {"device": "", "l4t": ""}),
-])
-def test_jetson_identity(tmp_path, dts, release, want):
-    assert jetson_identity(_tree(tmp_path, dts, release)) == want
 
 
 # ------------------------------------------------------------------------------------------ refit weights
@@ -295,6 +268,16 @@ def test_runner_parity_refit_engine_cache(bundle, fake, tmp_path, mode):
         model.set_operating_point(width=bnd.widths[-1])
         assert model.describe()["engines_built"] == []
     assert len(trt.built) == len(bnd.widths)
+
+
+def test_runner_keys_engines_by_the_identity_it_is_given(bundle, fake, tmp_path):
+    """The device identity comes in as an argument (floatedge.devices reads it; the runtime never imports
+    devices/): it names the plans in the cache and shows in describe()."""
+    ident = {"device": "p3767-0000", "l4t": "36.4.3"}
+    with open_fake(bundle, fake, tmp_path, identity=ident) as model:
+        assert model.describe()["device"] == ident
+    plans = [p.name for p in tmp_path.glob("*.engine")]
+    assert plans and all(".p3767-0000.l4t36.4.3." in p for p in plans)
 
 
 def test_runner_refits_only_what_changes(bundle, fake, tmp_path):

@@ -5,8 +5,6 @@
 * `EngineKey` — what a cached engine depends on (fleet practice, ../shared/reference/edge.md §3: "cache
   keyed by TRT version/precision/device"; serialized engines are not portable across platforms or TRT
   versions, edge.md §1.4);
-* `jetson_identity` — module part number and L4T release, read from files under an injectable root
-  (jetson_stats `jtop/core/jetson_variables.py` reads the same two files);
 * `refit_plan` / `complete_refit` — which named weights to hand the Refitter for a new operating point.
 """
 from __future__ import annotations
@@ -16,7 +14,6 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -125,29 +122,6 @@ class EngineKey:
         safe = lambda s: re.sub(r"[^A-Za-z0-9.+-]", "_", str(s)) or "none"
         return (f"w{self.width:g}.{self.kind}.{self.precision}.trt{safe(self.trt_version)}."
                 f"{safe(self.device)}.l4t{safe(self.l4t)}.{self.digest()[:16]}.engine")
-
-
-def jetson_identity(root: str | Path = "/") -> dict[str, str]:
-    """{'device': part number or SoC, 'l4t': 'R.M.m'} of a Jetson; empty strings elsewhere.
-
-    `/proc/device-tree/nvidia,dtsfilename` names the board file (…p3767-0000…); `/etc/nv_tegra_release`
-    starts with '# R36 (release), REVISION: 4.3, …' (edge.md §2.3)."""
-    root = Path(root)
-    device = l4t = ""
-    try:
-        dts = (root / "proc/device-tree/nvidia,dtsfilename").read_bytes().decode(errors="replace").strip("\0\n ")
-        m = re.search(r"p\d{4}-\d{4}", dts)
-        device = m.group(0) if m else Path(dts).stem
-    except OSError:
-        pass
-    try:
-        text = (root / "etc/nv_tegra_release").read_text(errors="replace")
-        m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
-        if m:
-            l4t = f"{m.group(1)}.{m.group(2)}"
-    except OSError:
-        pass
-    return {"device": device, "l4t": l4t}
 
 
 def refit_plan(target: Mapping[str, np.ndarray], refittable: set[str] | frozenset[str],

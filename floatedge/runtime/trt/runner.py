@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from floatedge.graph.static import freeze, load_scalable
 from floatedge.oppoint import OperatingPoint, equivalent_lambda
 
 from ..base import Backend, InputSpec, Stale
-from .common import EngineKey, TrtApi, bn_layers, bn_scale_shift, complete_refit, jetson_identity, refit_plan
+from .common import EngineKey, TrtApi, bn_layers, bn_scale_shift, complete_refit, refit_plan
 from .cuda import load_cuda
 from .loader import build_plan, load_engine
 
@@ -72,14 +73,16 @@ class _Exe:
 
 class TensorRTBackend(Backend):
     """A bundle run by TensorRT directly. Options as `floatedge.runtime.open`, plus precision ("fp16",
-    "fp32"), max_batch / opt_batch (the one optimization profile), cache_dir (engine plans), workspace_mb."""
+    "fp32"), max_batch / opt_batch (the one optimization profile), cache_dir (engine plans), workspace_mb,
+    identity ({'device': part number, 'l4t': release} of the Jetson, from `floatedge.devices.identity.
+    jetson_identity`; it keys the engine cache, and without it plans are keyed by the host name)."""
 
     name = "tensorrt"
 
     def __init__(self, bundle: str | Path | Bundle, *, mode: str = "auto", point: OperatingPoint | None = None,
                  precision: str = "fp16", max_batch: int = 32, opt_batch: int = 8, cache_dir: str | Path | None = None,
                  workspace_mb: int = 256, check_finite: bool = True, cache_size: int = 8, verify: bool = True,
-                 cuda: tuple[str, ...] | Any | None = None) -> None:
+                 cuda: tuple[str, ...] | Any | None = None, identity: Mapping[str, str] | None = None) -> None:
         import tensorrt as trt
 
         self.trt = trt
@@ -102,7 +105,9 @@ class TensorRTBackend(Backend):
         self.runtime = trt.Runtime(self.logger)
         # `cuda`: binding names to try in order, or an object with the `cuda.py` interface
         self.cuda = load_cuda(cuda or self.api.cuda_modules) if cuda is None or isinstance(cuda, tuple) else cuda
-        self.identity = jetson_identity()
+        # the device the engines are built for ({'device': part number, 'l4t': release}); the caller reads it
+        # (floatedge.devices.identity.jetson_identity) and passes it in: the runtime never imports devices/
+        self.identity = {"device": "", "l4t": "", **(identity or {})}
         self.chw = tuple(int(v) for v in self.bundle.input_shape)
         self.classes = len(self.bundle.classes)
         self._exec_lock = threading.Lock()
