@@ -56,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import tarfile
@@ -67,7 +66,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from floatedge.fsutil import atomic_write, current_umask
-from floatedge.oppoint import OperatingPoint, OperatingPointError, check_width
+from floatedge.oppoint import OperatingPoint, OperatingPointError, check_width, check_width_in
 
 SCHEMA_VERSION = 2  # the newest this code reads and writes; see KIND_SCHEMA
 FORMAT = "floatedge-bundle"
@@ -236,8 +235,10 @@ class _Source:
                             self._members[info.name] = info
                         else:
                             self._odd.append(info.name)
-            except (tarfile.TarError, OSError) as exc:
-                raise BundleError(f"{path}: not a bundle directory or a readable bundle tar ({exc})") from None
+            except tarfile.TarError:
+                raise BundleError(f"{path}: not a floatedge bundle (neither a bundle directory nor a tar file)") from None
+            except OSError as exc:
+                raise BundleError(f"{path}: cannot read the bundle ({exc.strerror or exc})") from None
         elif not path.is_dir():
             raise BundleError(f"{path}: no such bundle")
 
@@ -331,12 +332,8 @@ class Bundle:
 
     def model_entry(self, width: float) -> dict:
         """The manifest entry of the model for `width`; OperatingPointError if the bundle lacks it."""
-        w = check_width(width)
-        for entry in self.manifest["models"]:
-            if math.isclose(float(entry["width"]), w, abs_tol=1e-9):
-                return entry
-        have = ", ".join(f"{x:g}" for x in self.widths)
-        raise OperatingPointError(f"width {w:g} is not in this bundle; it has {have}")
+        w = check_width_in(width, [float(entry["width"]) for entry in self.manifest["models"]])
+        return next(entry for entry in self.manifest["models"] if float(entry["width"]) == w)
 
     def model_bytes(self, width: float) -> bytes:
         """The runtime-scalable ONNX model of one width, as bytes (what an ORT session or TRT parser takes)."""

@@ -49,12 +49,33 @@ def check_writable_dir(path: str | Path) -> Path:
         raise OSError(f"output directory {path} is not writable: it is a file")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe.")
-        os.close(fd)
-        os.unlink(probe)
+        _probe(path)
     except OSError as exc:
         raise OSError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
     return path
+
+
+def check_destination(path: str | Path) -> Path:
+    """Before any work: can `path` be written the way `atomic_write` writes it (missing parents created, a
+    temp file beside it, a rename)? Creates nothing; an OSError naming `path` and the directory that refuses."""
+    path = Path(path)
+    here = path.parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise OSError(f"cannot write {path}: {here} is not a directory")
+    try:
+        _probe(here)
+    except OSError as exc:
+        raise OSError(f"cannot write {path}: {here} does not take new files ({exc.strerror or exc})") from None
+    return path
+
+
+def _probe(directory: Path) -> None:
+    """Create and remove a file in `directory`: OSError where it takes none (read-only, no permission, /proc)."""
+    fd, probe = tempfile.mkstemp(dir=directory, prefix=".probe.")
+    os.close(fd)
+    os.unlink(probe)
 
 
 def update_markdown_section(path: str | Path, name: str, body: str, header: str = "# Results\n") -> Path:

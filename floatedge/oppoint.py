@@ -56,6 +56,15 @@ def check_width(width: float) -> float:
     return value
 
 
+def check_width_in(width: float, widths: Sequence[float]) -> float:
+    """`width` if it is one of `widths` (a bundle's, a runtime's), else the one message every caller gives."""
+    w = check_width(width)
+    for have in widths:
+        if math.isclose(float(have), w, abs_tol=1e-9):
+            return float(have)
+    raise OperatingPointError(f"width {w:g} is not in this bundle; it has {', '.join(f'{x:g}' for x in widths)}")
+
+
 def _parse(text: str | Sequence[float], check: Callable[[float], float], what: str) -> list[float]:
     """A comma list (or a sequence) of numbers, each passed through `check`; at least one."""
     items = text.split(",") if isinstance(text, str) else list(text)

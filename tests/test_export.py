@@ -482,3 +482,46 @@ def test_device_side_needs_no_torch(floats_bundle, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TORCH-FREE OK" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------ issue 9: messages a user meets
+@pytest.mark.parametrize("where", ["proc", "under_a_file"])
+def test_export_checks_its_destination_first(float_run, tmp_path, where):
+    """`export --out` names the destination that cannot be written, before any work, not an internal temp file."""
+    if where == "proc":
+        if not Path("/proc/self").exists():
+            pytest.skip("no /proc here")
+        out, refusing = Path("/proc/floatedge-test.febundle"), "/proc does not take new files"
+    else:
+        (tmp_path / "a_file").write_text("x")
+        out, refusing = tmp_path / "a_file" / "m.febundle", f"{tmp_path / 'a_file'} is not a directory"
+    err = one_line_error(cli("export", float_run, "--out", out))
+    assert err.startswith(f"Error: cannot write {out}: {refusing}"), err
+    assert ".tmp" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("cmd", ["verify", "inspect", "static"])
+def test_a_file_that_is_not_a_bundle_gets_a_whole_line(tmp_path, cmd):
+    junk = tmp_path / "junk.febundle"
+    junk.write_bytes(b"not a tar, not a directory")
+    extra = ["--lambda-n", "0", "--out", tmp_path / "s.onnx"] if cmd == "static" else []
+    err = one_line_error(cli(cmd, junk, *extra))
+    assert err == f"Error: {junk}: not a floatedge bundle (neither a bundle directory nor a tar file)"
+
+
+def test_a_width_the_bundle_lacks_is_one_message_everywhere(float_bundle, tmp_path):
+    """The static CLI, the runtime's switch and its start point, and bench: the same words (one source)."""
+    import floatedge.runtime as rt
+
+    want = "width 0.5 is not in this bundle; it has 1"
+    messages = [one_line_error(cli("static", float_bundle, "--lambda-n", "0", "--width", "0.5",
+                                   "--out", tmp_path / "s.onnx")).removeprefix("Error: "),
+                one_line_error(cli("bench", float_bundle, "--widths", "0.5", "--no-switch")).removeprefix("Error: ")]
+    with rt.open(float_bundle) as model:
+        with pytest.raises(rt.OperatingPointError) as exc:
+            model.set_operating_point(width=0.5)
+        messages.append(str(exc.value))
+    with pytest.raises(rt.OperatingPointError) as exc:
+        rt.open(float_bundle, point=OperatingPoint(0.0, 0.5, 0.5))
+    messages.append(str(exc.value))
+    assert messages == [want] * 4

@@ -486,7 +486,7 @@ def test_finite_check_can_be_turned_off(bundle):
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
-    ({"width": 0.6}, r"width 0.6 is not in this bundle \(widths: 1, 0.75, 0.5\)"),
+    ({"width": 0.6}, r"width 0.6 is not in this bundle; it has 1, 0.75, 0.5$"),
     ({"lambda_n": 1.5}, r"lambda_n must be in \[0, 1\]"),
     ({"lambda_n": float("nan")}, r"lambda_n must be in \[0, 1\]"),
     ({"lambda_n": -0.1, "width": 0.5}, r"lambda_n must be in \[0, 1\]"),

@@ -43,7 +43,9 @@ def _widths(ws) -> str:
 def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, tar, force) -> None:
     """Export a finished run to a deployable bundle: one runtime-scalable ONNX model per width + manifest."""
     from floatedge.export.torch_export import export_bundle
+    from floatedge.fsutil import check_destination
 
+    check_destination(out)  # before the minutes of work, not at the rename
     r = export_bundle(run_dir, out, widths, opset, eval_file, tar, lambda_th, eta_dtype, force)
     click.echo(f"wrote {r.path} ({'tar' if tar else 'directory'}): widths {_widths(r.model_bytes)}, "
                f"{_size(r.bundle_bytes)} ({r.size_ratio:.2f}× a plain export of the same widths, "

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 
-from floatedge.oppoint import OperatingPoint, OperatingPointError
+from floatedge.oppoint import OperatingPoint, check_width_in
 
 MODES = ("in-graph", "materialised")
 _ADMIT_ALL = nullcontext()  # the gate of concurrency=0
@@ -340,9 +340,7 @@ class Backend:
 
     # -- switching -------------------------------------------------------------------------------
     def check_point(self, point: OperatingPoint) -> OperatingPoint:
-        if point.width not in self.widths:
-            raise OperatingPointError(f"width {point.width:g} is not in this bundle (widths: "
-                                      f"{', '.join(f'{w:g}' for w in self.widths)})")
+        check_width_in(point.width, self.widths)
         return point
 
     def set_operating_point(self, lambda_n: float | None = None, width: float | None = None,
