@@ -12,6 +12,12 @@ How one width is exported:
 
 η is the recorded draw (`layer.eta()` after `load_model`), the one evaluation used, sliced to the width
 like W. The threshold baked into the graph is the bundle's λ_th (`--lambda-th`, default 0.5).
+
+OAT/OATS runs (`FloatModel.is_oat`): a BN followed by a FiLM (`BNFiLM`) becomes one stand-in BN under the
+BNFiLM's path, marked `"film"` in the layer table; its FiLM MLP is stored sliced to the width as
+`FiLM.coefficients` slices it, and the λ encoder's grid and rows are stored once. `make_scalable` then
+computes the FiLM-folded BN weight and bias from `lambda_n` in-graph (`floatedge.graph.film`). OAT has no
+λ_th: its BNs route at λ_th = 0 (`oppoint.bn_set(λ, 0)`, as the trainer), so its bundle bakes 0.
 """
 from __future__ import annotations
 
