@@ -2,7 +2,7 @@
 
 Stages, lowest first (docs/architecture.md):
 
-    core (oppoint, fsutil, errors)  →  bundle  →  graph  →  runtime  →  devices  →  daemon      (device side)
+    core (oppoint, fsutil, errors)  →  bundle (+ signing)  →  graph  →  runtime  →  devices  →  daemon  →  fleet
     train  →  export                                                                            (workstation)
 
 A device-side module may import only its own stage and lower ones. The workstation stages sit on top of the
@@ -22,7 +22,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "floatedge"
 
-DEVICE_RANK = {"core": 0, "bundle": 1, "graph": 2, "runtime": 3, "devices": 4, "daemon": 5}
+DEVICE_RANK = {"core": 0, "bundle": 1, "graph": 2, "runtime": 3, "devices": 4, "daemon": 5, "fleet": 6}
 WORKSTATION_MAY_IMPORT = {
     "train": {"core", "bundle", "train"},
     "export": {"core", "bundle", "graph", "train", "export"},
@@ -41,6 +41,8 @@ def stage(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1 or parts[1] in {"oppoint", "fsutil", "errors"}:
         return "core"
+    if parts[1] == "signing":  # signs and checks a bundle's manifest: part of the bundle stage
+        return "bundle"
     return parts[1]
 
 
