@@ -17,11 +17,12 @@ def main() -> None:
 
 
 def _register() -> None:
+    from floatedge.devices.cli import COMMANDS as device_commands
     from floatedge.export.cli import COMMANDS as export_commands
     from floatedge.runtime.cli import COMMANDS as runtime_commands
     from floatedge.train.cli import COMMANDS as train_commands
 
-    for cmd in (*train_commands, *export_commands, *runtime_commands):
+    for cmd in (*train_commands, *export_commands, *runtime_commands, *device_commands):
         main.add_command(cmd)
 
 
