@@ -15,7 +15,7 @@ depend on how well a model is trained. For each bundle:
   per-round ratio to that plain export run by a bare ONNX Runtime session with the runtime's options, the two
   interleaved call by call (`floatedge.runtime.bench.interleaved`, `paired_ratio`);
 * switch time per mode: `set_operating_point(λ_n)` to a point never prepared (cold) and back to one already
-  prepared (cached), and the time until the first request at the new point has been served; and the work of
+  prepared (cached), and the time until the first request at the new point has been served (medians of 8); and the work of
   building a materialised point (its tensors in numpy, then the session), timed apart from any bridging.
 """
 from __future__ import annotations
@@ -153,7 +153,8 @@ def section(res: dict) -> str:
         "orthogonal λ encoding, 19 FiLMs, λ applied in-graph (encoder + FiLM MLPs) or materialised (FiLM folded "
         "into BN at the point). Measured by `python benchmarks/float_vs_oat_runtime.py`, "
         f"{res['wall_s']:.0f} s, on {c['machine']} ({c['cpus']} vCPUs, shared with other jobs: load average "
-        f"{c['load_avg_start'][0]:.2f} at start, {c['load_avg_end'][0]:.2f} at the end).",
+        f"{c['load_avg_start'][0]:.2f} at start, {c['load_avg_end'][0]:.2f} at the end), at commit {c.get('commit')}"
+        + (" with uncommitted changes to floatedge/runtime" if c.get("runtime_modified") else "") + ".",
         "",
         "| | FLOAT | OAT |",
         "|---|---|---|",
@@ -196,6 +197,10 @@ def reading(res: dict) -> list[str]:
         lines.append(f"- Batch {n}: worst ratio to plain over the four λ_n — in-graph FLOAT {worst('float', 'in-graph', n):.2f}×, "
                      f"OAT {worst('oat', 'in-graph', n):.2f}×; materialised FLOAT {worst('float', 'materialised', n):.2f}×, "
                      f"OAT {worst('oat', 'materialised', n):.2f}×.")
+    mat = [r["ratio"] for k in KINDS for r in res[k]["latency"]["materialised"]]
+    lines.append(f"- Materialised ratios span {min(mat):.2f}–{max(mat):.2f}×: a materialised point and the plain export are "
+                 "the same network, so the spread (widest at batch 32) is what this shared machine's load does to a "
+                 "paired ratio, not a difference between FLOAT and OAT.")
     lines.append("- Materialised, both kinds are a plain ResNet-20 at every point (OAT's FiLM folded into BN, BN into "
                  "the conv by ONNX Runtime), so both sit at the plain export's latency; in-graph, each call recomputes "
                  "the λ machinery — FLOAT's W + s·α·η for every conv, OAT's encoder and 19 two-layer MLPs — and BN "
@@ -206,6 +211,15 @@ def reading(res: dict) -> list[str]:
                  "encoding, 19 MLPs and the fold into BN) plus an ONNX Runtime session; in-graph a switch only changes "
                  "the λ fed with the next request. A cached switch is a reference assignment in both.")
     return lines
+
+
+def runtime_source() -> dict:
+    """The commit measured, and whether floatedge/runtime had uncommitted changes (switch times depend on it)."""
+    import subprocess
+
+    git = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
+    return {"commit": git("rev-parse", "--short", "HEAD") or None,
+            "runtime_modified": bool(git("status", "--porcelain", "--", "floatedge/runtime"))}
 
 
 def main() -> None:
@@ -225,7 +239,8 @@ def main() -> None:
     load0 = list(os.getloadavg())
     work = ROOT / "runs" / "float_vs_oat_runtime"
     res: dict = {"conditions": {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                                "intra_op_threads": args.threads, "train_images": args.limit, "load_avg_start": load0}}
+                                "intra_op_threads": args.threads, "train_images": args.limit, "load_avg_start": load0,
+                                **runtime_source()}}
     for kind in KINDS:
         bundle = ensure_bundle(kind, args.limit, work)
         print(f"{KINDS[kind]}: {bundle}", flush=True)
