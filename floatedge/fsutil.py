@@ -28,10 +28,33 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
 
 
 def current_umask() -> int:
-    """The process umask (read by setting it, then restoring it: there is no getter)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it.
+
+    `os.umask` is the only setter and it is also the only portable getter: reading through it sets the
+    mask (briefly to 0), and a file another thread creates in that instant gets mode 0666/0777. So:
+    Linux ≥ 4.7 reports it in /proc/self/status as `Umask:` (proc(5)); elsewhere a scratch directory is
+    created with mode 0777 and its mode read back (mode = 0777 & ~umask), which touches no process state."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _umask_by_mkdir()
+
+
+def _umask_by_mkdir() -> int:
+    """The umask from the mode a new 0777 directory gets (the fallback of `current_umask`)."""
+    parent = tempfile.mkdtemp(prefix=".umask.")  # 0700, ours alone; the probe inside gets 0777 & ~umask
+    probe = os.path.join(parent, "probe")
+    try:
+        os.mkdir(probe, 0o777)
+        return 0o777 & ~os.stat(probe).st_mode
+    finally:
+        if os.path.isdir(probe):
+            os.rmdir(probe)
+        os.rmdir(parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

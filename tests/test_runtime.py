@@ -118,7 +118,7 @@ def test_mode_is_chosen_by_measurement_and_said(bundle):
         assert choice["how"] == "measured" and choice["chosen"] == d["mode"]
         assert set(choice["median_ms"]) == set(rt.MODES)
         assert choice["median_ms"][d["mode"]] == min(choice["median_ms"].values())
-        assert d["input"] == {"name": "images", "shape": [None, 3, 16, 16], "dtype": "float32"}
+        assert d["input"] == {"name": "images", "shape": [None, 3, 16, 16], "dtype": "float32", "range": [0.0, 1.0]}
         assert d["providers"][-1] == "CPUExecutionProvider"
 
 
@@ -140,8 +140,10 @@ def test_api_surface(bundle):
 
 def test_switching_back_is_served_from_the_cache(bundle):
     with open_rt(bundle, mode="materialised") as model:
+        model.wait_idle(60)  # the in-graph bridges are warm
         model.set_operating_point(lambda_n=0.7)
-        assert model.last_switch["cached"] is False
+        assert model.last_switch["cached"] is False and model.last_switch["bridged"] is True
+        model.wait_idle(60)  # λ=0.7 materialised in the background
         model.set_operating_point(lambda_n=0.0)
         assert model.last_switch["cached"] is True  # the start point
         model.set_operating_point(lambda_n=0.7)
@@ -200,10 +202,7 @@ def test_switch_during_concurrent_inference_loses_nothing_and_mixes_nothing(bund
                 else:
                     assert model.set_operating_point(lambda_n=p.lambda_n, width=p.width) == p
                 applied.append((p, time.perf_counter()))
-                n = [len(r) for r in records]
-                # let every client run a couple of requests at p before the next switch
-                while not errors and any(len(r) < k + 2 for r, k in zip(records, n, strict=True)):
-                    time.sleep(0.005)
+                wait_each_ran(records, errors, 2)  # a couple of requests at p before the next switch
         finally:
             stop.set()
             for t in threads:
@@ -227,6 +226,13 @@ def test_switch_during_concurrent_inference_loses_nothing_and_mixes_nothing(bund
             for t0, _, point, _ in recs:
                 if t0 > t_done:
                     assert point in later
+
+
+def wait_each_ran(records: list[list], errors: list, more: int) -> None:
+    """Until every client thread has recorded `more` further requests (or one of them failed)."""
+    n = [len(r) for r in records]
+    while not errors and any(len(r) < k + more for r, k in zip(records, n, strict=True)):
+        time.sleep(0.002)
 
 
 # ------------------------------------------------------------------------------------------ request gate
@@ -453,7 +459,10 @@ def test_nan_and_inf_are_caught_in_both_modes(bundle, reference, mode, case):
             model.infer(both)
         np.testing.assert_allclose(model.infer(images[:3]), ref(model.operating_point, images[:3]),
                                    atol=PARITY_TOL, rtol=0)
-        big = images[:3] * np.float32(1e30)  # huge but finite: not refused
+        big = images[:3] * np.float32(1e30)  # huge but finite: outside the input range, not "NaN or Inf"
+        with pytest.raises(rt.InputError, match="far above this model's input range"):
+            model.infer(big)
+    with open_rt(bundle, mode=mode, check_range=False) as model:
         assert model.infer(big).shape == images[:3].shape[:1] + ref(model.operating_point, images[:1]).shape[1:]
 
 

@@ -24,7 +24,6 @@ stayed on the device.
 """
 from __future__ import annotations
 
-import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,10 @@ from onnx.external_data_helper import set_external_data
 from floatedge.bundle import INPUT, LAMBDA, OUTPUT, Bundle, open_bundle
 from floatedge.graph.scalable import initializer_arrays
 from floatedge.graph.static import freeze, point_arrays
-from floatedge.oppoint import OperatingPoint, equivalent_lambda
+from floatedge.oppoint import OperatingPoint, OperatingPointError, equivalent_lambda
 
-from .base import NONFINITE, Backend, InputError, InputSpec, usable_cpus
+from .base import Backend, ClosedError, InputSpec, mean_bounds, responsive_gil, usable_cpus, value_error
+from .observe import log
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 CHECK_OUTPUT = "floatedge.nonfinite"
@@ -49,7 +49,9 @@ CHECK_OUTPUT = "floatedge.nonfinite"
 def with_finite_check(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` with a second output, ReduceSum(images): finite when every value is, NaN or ±Inf
     as soon as one value is NaN or ±Inf (IEEE 754: NaN propagates, Inf + −Inf = NaN). A finite batch can
-    only sum to Inf if its values approach 1e34 (float32 overflow); such input is refused as well.
+    only sum to Inf if its values approach 1e34 (float32 overflow); such input is refused as well. The same
+    sum divided by the number of values is the batch's mean pixel, which the range check compares with
+    the manifest's input range (`base.value_error`): one kernel answers both.
 
     Why in the model: next to a real inference `np.isfinite(x).all()` costs 15–30 µs in Python (cold caches
     after the run), 2–3% of a ResNet-20 batch-1 call on CPU; this one kernel costs ~0.5% (docs/runtime.md).
@@ -91,33 +93,70 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return so
 
 
+class _Checks:
+    """The value checks a session's in-model sum answers (`with_finite_check`): NaN/Inf, and the batch's
+    mean pixel against the bounds of the manifest's input range (`base.mean_bounds`)."""
+
+    __slots__ = ("finite", "value_range", "lo", "hi")
+
+    def __init__(self, finite: bool, value_range: tuple[float, float] | None) -> None:
+        self.finite, self.value_range = finite, value_range
+        self.lo, self.hi = mean_bounds(value_range)
+
+    @property
+    def any(self) -> bool:
+        return self.finite or self.value_range is not None
+
+
 class _Session:
     """A session of the static form at one point (`lam` None), or of the scalable model with the λ_n to
-    feed it. With `checked`, the model also returns the NaN/Inf test (`with_finite_check`).
+    feed it. With `checks`, the model also returns ReduceSum(images) (`with_finite_check`), and one chained
+    comparison of it — false for NaN, ±Inf and a mean outside the bounds — is the whole per-call cost of
+    the NaN/Inf and range checks; the message is worked out only when it fails.
 
     On the CPU provider alone, `run` calls the session's binding (`InferenceSession._sess.run`) directly:
     the public `InferenceSession.run` (onnxruntime_inference_collection.py) first validates the feed's
     names and OrtValue ownership and checks for graph capture — 4–6 µs a call measured here, 1% of a
     ResNet-20 width-0.5 batch-1 inference — and none of it can fail for the one fixed numpy feed the
-    runtime builds. With another provider the public call is kept for its fallback to CPU on an EP
-    failure."""
+    runtime builds; after them it makes this very call, `self._sess.run(output_names, input_feed,
+    run_options)` (tests/test_runtime_observer.py fails if a new ONNX Runtime changes that). Should the
+    private call ever be missing or refuse these arguments (TypeError), the public one is used from then
+    on. With another provider the public call is kept for its fallback to CPU on an EP failure."""
 
-    __slots__ = ("session", "lam", "outputs", "checked", "_run")
+    __slots__ = ("session", "lam", "outputs", "checks", "_run", "_bounds")
 
-    def __init__(self, session: ort.InferenceSession, lam: float | None, checked: bool) -> None:
-        self.session, self.checked = session, checked
+    def __init__(self, session: ort.InferenceSession, lam: float | None, checks: _Checks | None) -> None:
+        self.session, self.checks = session, checks
         self.lam = None if lam is None else np.array(lam, dtype=np.float32)
-        self.outputs = [OUTPUT, CHECK_OUTPUT] if checked else [OUTPUT]
+        self.outputs = [OUTPUT, CHECK_OUTPUT] if checks else [OUTPUT]
+        self._bounds = (checks.lo, checks.hi) if checks else None
         cpu_only = session.get_providers() == ["CPUExecutionProvider"]
         self._run = getattr(getattr(session, "_sess", None), "run", None) if cpu_only else None
 
     def run(self, images: np.ndarray) -> np.ndarray:
         feed = {INPUT: images} if self.lam is None else {INPUT: images, LAMBDA: self.lam}
         run = self._run
-        out = run(self.outputs, feed, None) if run is not None else self.session.run(self.outputs, feed)
-        if self.checked and not math.isfinite(out[1].item()):
-            raise InputError(f"{INPUT} {NONFINITE}")
+        if run is None:
+            out = self.session.run(self.outputs, feed)
+        else:
+            try:
+                out = run(self.outputs, feed, None)
+            except TypeError:  # the private binding changed its signature: the public call from now on
+                self._run = None
+                out = self.session.run(self.outputs, feed)
+        bounds = self._bounds
+        if bounds is not None:
+            n = images.size
+            total = out[1].item()
+            if not bounds[0] * n <= total <= bounds[1] * n:  # NaN fails every comparison
+                self._refuse(total, n)
         return out[0]
+
+    def _refuse(self, total: float, n: int) -> None:
+        checks = self.checks
+        error = value_error(INPUT, total, n, checks.finite, checks.value_range)
+        if error is not None:
+            raise error
 
     def alive(self) -> bool:
         return True
@@ -127,26 +166,33 @@ class _Width:
     """What one width of the bundle needs, loaded once: the scalable model, its manifest entry, its
     in-graph session (lazily) and the external-weights template of its static form."""
 
-    def __init__(self, bundle: Bundle, width: float, checked: bool) -> None:
+    def __init__(self, bundle: Bundle, width: float, checks: _Checks | None) -> None:
         self.entry = bundle.model_entry(width)
         self.data = bundle.model_bytes(width)
         self.model = onnx.load_from_string(self.data)
         self.inits = initializer_arrays(self.model)  # decoded once; every materialised point reads them
-        self.checked = checked
+        self.checks = checks
         self.ingraph: ort.InferenceSession | None = None
+        self.bridge_warm = False  # `ingraph` made and run once: a switch may serve on it at once
         self.template: bytes | None = None
         self.lock = threading.Lock()
 
 
 class OnnxRuntimeBackend(Backend):
-    """A bundle run by ONNX Runtime. See `floatedge.runtime.open` for the options."""
+    """A bundle run by ONNX Runtime. See `floatedge.runtime.open` for the options.
+
+    `bridge` (default on; materialised mode only): keep each width's in-graph session warm (made in the
+    background after open), so a switch to a point not yet prepared takes effect at once on it — λ_n fed
+    as an input — while the materialised session is prepared, then swapped in. Costs one scalable-model
+    session per width in memory; off, a cold switch takes effect when its session is ready."""
 
     name = "onnxruntime"
+    concurrent_prepare = True  # sessions are built per point; a width's shared parts under its own lock
 
     def __init__(self, bundle: str | Path | Bundle, *, mode: str = "auto", point: OperatingPoint | None = None,
                  providers: list[str] | None = None, threads: int | None = None, check_finite: bool = True,
-                 max_batch: int | None = None, cache_size: int = 8, verify: bool = True,
-                 concurrency: int | None = None) -> None:
+                 check_range: bool = True, max_batch: int | None = None, cache_size: int = 8, verify: bool = True,
+                 concurrency: int | None = None, bridge: bool = True) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=verify)
         if concurrency is None:
             concurrency = default_concurrency(threads)
@@ -154,16 +200,24 @@ class OnnxRuntimeBackend(Backend):
         self.providers = list(providers) if providers else default_providers()
         self.threads = threads
         self.check_finite = check_finite
+        value_range = self.bundle.manifest["input"].get("range") if check_range else None
+        self.value_range = tuple(float(v) for v in value_range) if value_range else None
+        checks = _Checks(check_finite, self.value_range)
+        self._checks = checks if checks.any else None
         self.max_batch = max_batch
+        self.bridge = bridge
         self._widths: dict[float, _Width] = {}
         self._widths_lock = threading.Lock()
         self._start(point or OperatingPoint(0.0, self.widths[0], self.bundle.lambda_th), mode)
+        if self.bridge and self.mode == "materialised":
+            widths = sorted(self.widths, key=lambda w: w != self.operating_point.width)  # the current one first
+            self._background.submit(self._warm_bridges, widths)
 
     # -- loading
     def _width(self, width: float) -> _Width:
         with self._widths_lock:
             if width not in self._widths:
-                self._widths[width] = _Width(self.bundle, width, self.check_finite)
+                self._widths[width] = _Width(self.bundle, width, self._checks)
             return self._widths[width]
 
     def _session(self, model: bytes, external: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
@@ -183,22 +237,59 @@ class OnnxRuntimeBackend(Backend):
                         set_external_data(t, location="floatedge-point")  # supplied from memory per session
                         t.ClearField("raw_data")
                         del t.float_data[:]
-                w.template = (with_finite_check(model) if w.checked else model).SerializeToString()
+                w.template = (with_finite_check(model) if w.checks else model).SerializeToString()
             return w.template
+
+    def _ingraph(self, w: _Width) -> ort.InferenceSession:
+        """The width's scalable-model session (λ_n an input), made once."""
+        with w.lock:
+            if w.ingraph is None:
+                w.ingraph = self._session(with_finite_check(w.model).SerializeToString() if w.checks else w.data)
+            return w.ingraph
+
+    def _warm_bridges(self, widths: list[float]) -> None:
+        try:
+            for w in widths:
+                self._warm_bridge(w)
+        except ClosedError:
+            pass
+        except Exception:  # noqa: BLE001 - without a warm bridge a cold switch waits for its session
+            log.exception("warming the in-graph bridge failed; cold switches wait for their session")
+
+    def _warm_bridge(self, width: float) -> None:
+        """Make the width's in-graph session and run it once (its first run allocates), in the background."""
+        if self._closed:
+            return
+        with responsive_gil():
+            w = self._width(width)
+            session = self._ingraph(w)
+        spec = self.input_spec
+        x = np.zeros((spec.min_batch, spec.channels, spec.height, spec.width), np.float32)
+        _Session(session, equivalent_lambda(self.operating_point, self.bundle.lambda_th)
+                 if self.operating_point.width == width else 0.0, w.checks).run(x)
+        w.bridge_warm = True
 
     # -- the backend hooks
     def _prepare(self, point: OperatingPoint, mode: str) -> Any:
         w = self._width(point.width)
         if mode == "in-graph":
-            lam = equivalent_lambda(point, self.bundle.lambda_th)
-            with w.lock:
-                if w.ingraph is None:
-                    data = with_finite_check(w.model).SerializeToString() if w.checked else w.data
-                    w.ingraph = self._session(data)
-            return _Session(w.ingraph, lam, w.checked)
+            return _Session(self._ingraph(w), equivalent_lambda(point, self.bundle.lambda_th), w.checks)
         values = {k: np.ascontiguousarray(v, dtype=np.float32)
                   for k, v in point_arrays(w.model, w.entry, point, w.inits).items()}
-        return _Session(self._session(self._template(w, point, values), values), None, w.checked)
+        return _Session(self._session(self._template(w, point, values), values), None, w.checks)
+
+    def _bridge(self, point: OperatingPoint) -> _Session | None:
+        """The width's warm in-graph session fed the point's λ_n, if it is warm (never made here)."""
+        if not self.bridge or self.mode != "materialised":
+            return None
+        w = self._widths.get(point.width)
+        if w is None or not w.bridge_warm:
+            return None
+        try:
+            lam = equivalent_lambda(point, self.bundle.lambda_th)
+        except OperatingPointError:  # a λ_th the graph cannot compute: materialise it the slow way
+            return None
+        return _Session(w.ingraph, lam, w.checks)
 
     def _input_spec(self) -> InputSpec:
         c, h, w = self.bundle.input_shape
@@ -207,7 +298,7 @@ class OnnxRuntimeBackend(Backend):
         fixed = dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
         cap = fixed or self.max_batch  # a fixed-batch graph, or the caller's bound on request size
         return InputSpec(INPUT, int(c), int(h), int(w), max_batch=cap, min_batch=fixed or 1,
-                         check_finite=self.check_finite, in_model_finite=True)
+                         check_finite=self.check_finite, in_model_finite=True, value_range=self.value_range)
 
     def operating_points(self) -> list[dict]:
         return self.bundle.table()
@@ -215,7 +306,9 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update({"bundle": str(self.bundle.path), "architecture": self.bundle.architecture,
-                  "providers": self.providers, "intra_op_threads": self.threads, "onnxruntime": ort.__version__})
+                  "providers": self.providers, "intra_op_threads": self.threads, "onnxruntime": ort.__version__,
+                  "bridge": {"enabled": self.bridge and self.mode == "materialised",
+                             "warm_widths": [w for w, x in sorted(self._widths.items(), reverse=True) if x.bridge_warm]}})
         return d
 
     def _close(self) -> None:

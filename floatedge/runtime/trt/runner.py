@@ -81,7 +81,8 @@ class TensorRTBackend(Backend):
 
     def __init__(self, bundle: str | Path | Bundle, *, mode: str = "auto", point: OperatingPoint | None = None,
                  precision: str = "fp16", max_batch: int = 32, opt_batch: int = 8, cache_dir: str | Path | None = None,
-                 workspace_mb: int = 256, check_finite: bool = True, cache_size: int = 8, verify: bool = True,
+                 workspace_mb: int = 256, check_finite: bool = True, check_range: bool = True, cache_size: int = 8,
+                 verify: bool = True,
                  cuda: tuple[str, ...] | Any | None = None, identity: Mapping[str, str] | None = None) -> None:
         import tensorrt as trt
 
@@ -99,6 +100,8 @@ class TensorRTBackend(Backend):
             raise ValueError(f"precision must be fp16 or fp32, got {precision!r}")
         self.precision, self.max_batch, self.opt_batch = precision, int(max_batch), int(min(opt_batch, max_batch))
         self.workspace_mb, self.check_finite = int(workspace_mb), check_finite
+        value_range = self.bundle.manifest["input"].get("range") if check_range else None
+        self.value_range = tuple(float(v) for v in value_range) if value_range else None  # see InputSpec
         default_cache = os.environ.get("FLOATEDGE_ENGINE_CACHE", "~/.cache/floatedge/engines")
         self.cache_dir = Path(cache_dir or default_cache).expanduser()
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -309,7 +312,8 @@ class TensorRTBackend(Backend):
 
     def _input_spec(self) -> InputSpec:
         c, h, w = self.chw
-        return InputSpec(INPUT, c, h, w, max_batch=self.max_batch, check_finite=self.check_finite)
+        return InputSpec(INPUT, c, h, w, max_batch=self.max_batch, check_finite=self.check_finite,
+                         value_range=self.value_range)
 
     def operating_points(self) -> list[dict]:
         return self.bundle.table()
