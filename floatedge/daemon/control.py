@@ -203,9 +203,10 @@ class Controller:
             log.warning("swap failed", extra={"event": "swap_failed", "bundle": path.name, "error": why})
             raise ServeError(400, f"load of {path.name} failed, {keeps}: {why}") from None
         with core._switch_lock:  # no switch between reading the point and serving the new bundle at it
-            if old is not None and new.runtime.operating_point != old.runtime.operating_point:
-                p = old.runtime.operating_point
-                new.runtime.set_operating_point(p.lambda_n, p.width)
+            if old is not None:  # a switch made while the new bundle was opening: carry it over
+                p = core._start_point(new.bundle, old.runtime.operating_point.to_dict())
+                if p != new.runtime.operating_point:
+                    new.runtime.set_operating_point(p.lambda_n, p.width)
             retired = core.install(new, "swap")
         seconds = time.perf_counter() - t0
         self.record()

@@ -71,8 +71,13 @@ def parse_infer(model: str, version: str, body: bytes, header_len: str | None, r
         head, rest = body, memoryview(b"")
     try:
         obj = json.loads(head)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and header_len is None:
+            raise bad("request body has bytes after its JSON: binary tensors need the Inference-Header-Content-Length "
+                      "header") from None
+        raise bad(f"request body is not valid JSON ({exc.msg} at byte {exc.pos})") from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise bad(f"request body is not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+        raise bad(f"request body is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise bad("request body must be a JSON object with 'inputs'")
     rid = obj.get("id")
