@@ -71,6 +71,9 @@ from floatedge.oppoint import OperatingPoint, OperatingPointError, check_width, 
 SCHEMA_VERSION = 2  # the newest this code reads and writes; see KIND_SCHEMA
 FORMAT = "floatedge-bundle"
 MANIFEST = "manifest.json"
+# The Ed25519 signature over manifest.json (floatedge.signing). Not in the manifest's file table — it signs the
+# manifest, so the manifest cannot list it — and so not an "extra" file to the checksum check either.
+SIGNATURE = "manifest.sig"
 SUFFIX = ".febundle"
 
 INPUT = "images"
@@ -143,7 +146,7 @@ def write_bundle(out: str | Path, manifest: Mapping[str, Any], files: Mapping[st
     """
     out = Path(out)
     for name in files:
-        if name == MANIFEST or "/" in name or "\\" in name or name.startswith("."):
+        if name in (MANIFEST, SIGNATURE) or "/" in name or "\\" in name or name.startswith("."):
             raise BundleError(f"bad bundle file name {name!r}")
     if out.exists() and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it")
@@ -352,7 +355,7 @@ class Bundle:
             status = "ok" if digest == meta["sha256"] else "modified"
             out.append(FileStatus(name, status, expected=meta["sha256"], actual=digest, size=size))
         for name in self._source.names():
-            if name != MANIFEST and name not in listed:
+            if name not in (MANIFEST, SIGNATURE) and name not in listed:
                 actual = None
                 if self._source.exists(name):
                     with self._source.open(name) as f:
@@ -450,6 +453,6 @@ def iter_layers(entry: Mapping[str, Any], kind: str | None = None) -> Iterator[d
 
 __all__ = [
     "SCHEMA_VERSION", "KINDS", "KIND_SCHEMA", "FORMAT", "MANIFEST", "SUFFIX", "INPUT", "LAMBDA", "OUTPUT", "NOISE_SCALE", "USE_ADV",
-    "VERIFY_LAMBDAS", "PARITY_TOL", "BundleError", "Bundle", "FileStatus", "open_bundle", "write_bundle",
+    "SIGNATURE", "VERIFY_LAMBDAS", "PARITY_TOL", "BundleError", "Bundle", "FileStatus", "open_bundle", "write_bundle",
     "check_manifest", "manifest_checksum", "model_filename", "sha256_bytes", "sha256_file", "iter_layers",
 ]
