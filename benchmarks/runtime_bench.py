@@ -24,7 +24,7 @@ from _results import CIFAR10, FIGURES, ROOT, update_section
 from floatedge.fsutil import atomic_write_text
 from floatedge.oppoint import OperatingPoint
 from floatedge.runtime import open as open_runtime
-from floatedge.runtime.bench import format_table, run_bench, switch_under_load
+from floatedge.runtime.bench import format_table, interleaved, paired_ratio, run_bench, switch_under_load
 
 BAR_RATIO, BAR_WIDTH, BAR_OVERHEAD, BAR_SLOW, BAR_EFFECT_MS = 1.03, 0.40, 0.05, 2.0, 300.0
 
@@ -272,6 +272,350 @@ def switch_reading(sw: dict, sw34: dict, ungated: dict | None, interf: dict | No
     return out
 
 
+# ------------------------------------------------------------------------------------------ issue 9: observable runtime
+class Recorder:
+    """Every event the runtime reports, in arrival order (list.append is atomic under the GIL)."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+        self.switches: list = []
+        self.swaps: list = []
+
+    def on_request(self, e) -> None:
+        self.requests.append(e)
+
+    def on_switch(self, e) -> None:
+        self.switches.append(e)
+
+    def on_swap(self, e) -> None:
+        self.swaps.append(e)
+
+
+class Count:
+    """The trivial observer whose cost is measured: it counts requests."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def on_request(self, e) -> None:
+        self.n += 1
+
+
+def _x(model, batch: int) -> np.ndarray:
+    s = model.input_spec
+    return np.random.default_rng(0).random((batch, s.channels, s.height, s.width), dtype=np.float32)
+
+
+def observer_cost(bundle: Path, threads: int, rounds: int, budget_s: float) -> list[dict]:
+    """Batch 1, each width: the same runtime, the same session, the two calls of a round made without and
+    with one trivial observer (added and removed between the timed calls, order flipped every round), for
+    `infer` and `run`. The paired ratio is the observer's whole cost: timing, the event, the call."""
+    rows = []
+    with open_runtime(str(bundle), threads=threads) as model:
+        x, obs = _x(model, 1), Count()
+        for w in model.widths:
+            model.set_operating_point(lambda_n=0.7, width=w)
+            model.wait_idle(600)
+            for call in ("infer", "run"):
+                fn = getattr(model, call)
+                for _ in range(20):
+                    fn(x)
+                t: dict[str, list[float]] = {"bare": [], "observed": []}
+                deadline = time.perf_counter() + budget_s
+                r = 0
+                while r < rounds and (r < 50 or time.perf_counter() < deadline):
+                    for name in (("bare", "observed") if r % 2 == 0 else ("observed", "bare")):
+                        if name == "observed":
+                            model.add_observer(obs)
+                        t0 = time.perf_counter()
+                        fn(x)
+                        t[name].append(time.perf_counter() - t0)
+                        if name == "observed":
+                            model.remove_observer(obs)
+                    r += 1
+                rows.append({"width": w, "call": call, "rounds": r, "bare_p50_ms": float(np.median(t["bare"])) * 1e3,
+                             "observed_p50_ms": float(np.median(t["observed"])) * 1e3,
+                             "cost": paired_ratio(t["observed"], t["bare"]) - 1.0})
+                print(f"observer cost w={w:g} {call}: {100 * rows[-1]['cost']:+.2f}% "
+                      f"({rows[-1]['bare_p50_ms']:.3f} ms)", flush=True)
+    return rows
+
+
+def check_cost(bundle: Path, threads: int, rounds: int, budget_s: float) -> list[dict]:
+    """Batch 1, each width: the runtime with its value checks (NaN/Inf and the input range: one in-model
+    ReduceSum and one comparison) against the same point with both off, side by side."""
+    rows = []
+    with open_runtime(str(bundle), threads=threads) as on:
+        off = open_runtime(str(bundle), threads=threads, mode=on.mode, check_finite=False, check_range=False)
+        x = _x(on, 1)
+        try:
+            for w in on.widths:
+                for m in (on, off):
+                    m.set_operating_point(lambda_n=0.7, width=w)
+                    m.wait_idle(600)
+                t = interleaved({"on": lambda: on.infer(x), "off": lambda: off.infer(x)}, rounds, budget_s, warmup=20)
+                rows.append({"width": w, "on_p50_ms": float(np.median(t["on"])) * 1e3,
+                             "off_p50_ms": float(np.median(t["off"])) * 1e3, "cost": paired_ratio(t["on"], t["off"]) - 1})
+                print(f"value checks w={w:g}: {100 * rows[-1]['cost']:+.2f}%", flush=True)
+        finally:
+            off.close()
+    return rows
+
+
+def _p50(values) -> float | None:
+    return float(np.median(values)) * 1e3 if len(values) else None
+
+
+def instant_switch(bundle: Path, threads: int, clients: int = 4, settle_s: float = 1.0, steady_rounds: int = 200,
+                   budget_s: float = 3.0, gil: bool = True) -> dict:
+    """Cold switches idle and under `clients` threads (batch 1), each reported by the observer: time to
+    effect, the first result at the new point, the requests the in-graph bridge served and how fast, the
+    swap to the materialised session; then steady state at a point reached that way against the plain
+    export of its width. gil=False: the same without `responsive_gil` (is it needed?)."""
+    from contextlib import nullcontext
+
+    import onnxruntime as ort
+
+    from floatedge.graph.static import plain_model
+    from floatedge.runtime import base
+    from floatedge.runtime.onnxrt import session_options
+
+    saved = base.responsive_gil
+    if not gil:
+        base.responsive_gil = lambda *a, **k: nullcontext()
+    try:
+        with open_runtime(str(bundle), threads=threads) as model:
+            model.wait_idle(600)  # every width's bridge warm
+            wide, narrow = max(model.widths), min(model.widths)
+            x = _x(model, 1)
+            alone = []
+            for _ in range(60):
+                t0 = time.perf_counter()
+                model.infer(x)
+                alone.append(time.perf_counter() - t0)
+            rec = Recorder()
+            model.add_observer(rec)
+            idle = []
+            for lam in (0.3, 0.8):  # cold points, nobody else running
+                model.set_operating_point(lambda_n=lam, reason="idle")
+                res = model.run(x)
+                sw, first = rec.switches[-1], rec.requests[-1]
+                idle.append({"lambda_n": lam, "effect_ms": sw.effect_s * 1e3, "bridged": sw.bridged,
+                             "first_request_ms": first.run_s * 1e3, "first_mode": first.mode,
+                             "first_point_new": res.point == sw.to_point})
+                model.wait_idle(600)
+                idle[-1]["swap_ms"] = rec.swaps[-1].after_s * 1e3 if rec.swaps else None
+            load = _switch_under_load(model, rec, x, clients, settle_s,
+                                      [("λ change (cold)", {"lambda_n": 0.7}), ("λ change (cold)", {"lambda_n": 0.2}),
+                                       ("width change (cold)", {"width": narrow}), ("λ change (cold)", {"lambda_n": 0.9}),
+                                       ("width+λ back (cached)", {"lambda_n": 0.0, "width": wide})])
+            # steady state at a point reached through the bridge and the swap
+            model.remove_observer(rec)
+            point = model.set_operating_point(lambda_n=0.5, width=wide, reason="steady")
+            model.wait_idle(600)
+            serving = model.describe()["serving"]
+            plain = ort.InferenceSession(plain_model(model.bundle, wide).SerializeToString(), session_options(threads),
+                                         providers=["CPUExecutionProvider"])
+            steady = []
+            for b in (1, 32):
+                xb = _x(model, b)
+                t = interleaved({"runtime": lambda xb=xb: model.infer(xb),
+                                 "plain": lambda xb=xb: plain.run(["logits"], {"images": xb})}, steady_rounds, budget_s)
+                steady.append({"batch": b, "runtime_p50_ms": _p50(t["runtime"]), "plain_p50_ms": _p50(t["plain"]),
+                               "ratio": paired_ratio(t["runtime"], t["plain"])})
+                print(f"steady after swap, b={b}: ×{steady[-1]['ratio']:.3f}", flush=True)
+            return {"bundle": _rel(bundle), "architecture": model.bundle.architecture, "mode": model.mode,
+                    "alone_p50_ms": _p50(alone), "idle": idle, "load": load, "gil": gil,
+                    "steady": {"point": point.to_dict(), "serving": serving, "rows": steady}}
+    finally:
+        base.responsive_gil = saved
+
+
+def _switch_under_load(model, rec: Recorder, x: np.ndarray, clients: int, settle_s: float, plan: list) -> dict:
+    stop = threading.Event()
+    failed: list[str] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                model.run(x)
+            except Exception as exc:  # noqa: BLE001 - counted
+                failed.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(settle_s)
+    asked = []
+    for label, over in plan:
+        n_swaps = len(rec.swaps)
+        t_ask = time.perf_counter()
+        model.set_operating_point(**over, reason=label)
+        t_ret = time.perf_counter()
+        sw = rec.switches[-1]
+        deadline = time.perf_counter() + 60
+        while sw.bridged and len(rec.swaps) == n_swaps and time.perf_counter() < deadline:
+            time.sleep(0.002)
+        asked.append((label, t_ask, t_ret, sw, rec.swaps[-1] if sw.bridged and len(rec.swaps) > n_swaps else None))
+        time.sleep(settle_s)
+    stop.set()
+    for t in threads:
+        t.join()
+    reqs = [e for e in rec.requests if e.ok]
+    lat = lambda e: e.queue_s + e.run_s  # noqa: E731
+    start = lambda e: e.done - lat(e)  # noqa: E731
+    rows = []
+    for label, t_ask, t_ret, sw, swap in asked:
+        before = [e for e in reqs if t_ask - settle_s / 2 < start(e) and e.done < t_ask and e.point == sw.from_point]
+        p50_before = _p50([lat(e) for e in before])
+        run_before = _p50([e.run_s for e in before])
+        new = [e for e in reqs if e.done > t_ask and e.point == sw.to_point]
+        first = min((e.done for e in new), default=float("nan"))
+        t_swap = swap.done if swap else t_ret
+        bridge = [e for e in new if e.mode == "in-graph" and e.done <= t_swap + 1e-3]
+        during = [lat(e) for e in reqs if start(e) < t_swap and e.done > t_ask]
+        after = [e for e in new if e.mode == model.mode and start(e) > t_swap and e.done < t_swap + settle_s]
+        rows.append({"label": label, "from": sw.from_point.to_dict(), "to": sw.to_point.to_dict(),
+                     "cached": sw.cached, "bridged": sw.bridged, "effect_ms": sw.effect_s * 1e3,
+                     "call_ms": (t_ret - t_ask) * 1e3, "first_result_ms": (first - t_ask) * 1e3,
+                     "p50_before_ms": p50_before, "run_p50_before_ms": run_before,
+                     "swap_ms": swap.after_s * 1e3 if swap else None, "prepare_ms": swap.prepare_s * 1e3 if swap else None,
+                     "bridge_requests": len(bridge), "bridge_run_p50_ms": _p50([e.run_s for e in bridge]),
+                     "after_run_p50_ms": _p50([e.run_s for e in after]),
+                     "window_requests": len(during),
+                     "window_max_over_p50": (max(during) * 1e3 / p50_before) if during and p50_before else None,
+                     "window_p99_over_p50": (float(np.percentile(during, 99)) * 1e3 / p50_before)
+                     if during and p50_before else None})
+        r = rows[-1]
+        print(f"{label}: effect {r['effect_ms']:.3f} ms, first result {r['first_result_ms']:.2f} ms, p50 before "
+              f"{r['p50_before_ms'] or 0:.2f} ms, swap {r['swap_ms'] or 0:.0f} ms", flush=True)
+    return {"clients": len(threads), "requests": len(rec.requests), "failed": len(failed), "switches": rows}
+
+
+def _rel(path) -> str:
+    """A path as a command run from the repository root would name it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
+def observable_section(res: dict) -> str:
+    cond = res["conditions"]
+    oc, cc = res["observer_cost"], res["check_cost"]
+    worst_obs = max(oc, key=lambda r: r["cost"])
+    worst_chk = max(cc, key=lambda r: r["cost"])
+    models = [m for m in (res.get("resnet20"), res.get("resnet34")) if m]
+    lines = [
+        "## Observable runtime (issue 9): observer cost, instant switches, input-range check",
+        "",
+        "Written by `benchmarks/runtime_bench.py --observable-only` (raw numbers: `docs/results/runtime_observable.json`). "
+        f"Conditions: {cond['cpus']} vCPUs shared with other jobs — load average "
+        f"{', '.join(f'{v:.1f}' for v in cond['load_avg_start'])} at the start and "
+        f"{', '.join(f'{v:.1f}' for v in cond['load_avg_end'])} at the end, so every figure is from a busy machine "
+        f"and the paired ratios are what to read; ONNX Runtime {cond['onnxruntime']}, CPU, 1 intra-op thread; "
+        f"{cond['rounds']} interleaved rounds per ratio at most (≤ {cond['budget_s']:g} s each); whole run "
+        f"{res['wall_s'] / 60:.1f} min. Bundles: FLOATS ResNet-20 and ResNet-34 from 1-epoch runs.",
+        "",
+        "### The bar",
+        "",
+        "| item | measured | bar | verdict |",
+        "|---|---|---|---|",
+        f"| one trivial observer, batch 1 (worst of {len(oc)}: width {worst_obs['width']:g}, `{worst_obs['call']}`) | "
+        f"{100 * worst_obs['cost']:+.2f}% | ≤ 1% | {verdict(worst_obs['cost'] <= 0.01)} |",
+    ]
+    for m in models:
+        cold = [r for r in m["load"]["switches"] if not r["cached"] and "λ" in r["label"] and "width" not in r["label"]]
+        worst = max(cold, key=lambda r: r["effect_ms"])
+        idle = max(m["idle"], key=lambda r: r["effect_ms"])
+        one = m["alone_p50_ms"]
+        st = {r["batch"]: r["ratio"] for r in m["steady"]["rows"]}
+        arch = m["architecture"]
+        lines += [
+            f"| {arch}: time to effect of a cold λ change, idle (worst of {len(m['idle'])}) vs one request alone "
+            f"({one:.2f} ms) | {idle['effect_ms']:.3f} ms | ≤ {one:.2f} ms | {verdict(idle['effect_ms'] <= one)} |",
+            f"| {arch}: the same under {m['load']['clients']} client threads (worst of {len(cold)}) vs one request's "
+            f"compute under that load ({worst['run_p50_before_ms']:.2f} ms) | {worst['effect_ms']:.3f} ms | "
+            f"≤ {worst['run_p50_before_ms']:.2f} ms | {verdict(worst['effect_ms'] <= worst['run_p50_before_ms'])} |",
+            f"| {arch}: steady state after the swap / plain export, batch 1 and 32 | ×{st[1]:.3f}, ×{st[32]:.3f} | ≤ 1.03 | "
+            f"{verdict(max(st.values()) <= 1.03)} |",
+            f"| {arch}: failed requests across {len(m['load']['switches'])} switches under load | "
+            f"{m['load']['failed']} of {m['load']['requests']} | 0 | {verdict(m['load']['failed'] == 0)} |",
+        ]
+    lines += [f"| NaN/Inf + input-range check, batch 1 (worst of {len(cc)}: width {worst_chk['width']:g}) | "
+              f"{100 * worst_chk['cost']:+.2f}% | stated | — |", ""]
+    lines += ["### Observer cost (batch 1; the same session with and without one observer, paired)", "",
+              "| width | call | p50 without ms | p50 with ms | cost (paired) |", "|---|---|---|---|---|"]
+    lines += [f"| {r['width']:g} | `{r['call']}` | {r['bare_p50_ms']:.3f} | {r['observed_p50_ms']:.3f} | "
+              f"{100 * r['cost']:+.2f}% |" for r in oc]
+    lines += ["", "With no observer the request path only tests one empty tuple; with one it reads the clock three "
+              "times, builds a frozen `RequestEvent` and calls the observer on the request's thread.", ""]
+    for m in models:
+        arch = m["architecture"]
+        lines += [f"### Instant switches: {arch} (mode {m['mode']}; one request alone {m['alone_p50_ms']:.2f} ms)", "",
+                  "Idle (no other request): " + "; ".join(
+                      f"λ→{r['lambda_n']:g} in effect after {r['effect_ms']:.3f} ms, the next request ran at the new "
+                      f"point on the {r['first_mode']} bridge in {r['first_request_ms']:.2f} ms, materialised session "
+                      f"swapped in after {r['swap_ms'] or 0:.0f} ms" for r in m["idle"]) + ".", "",
+                  f"Under {m['load']['clients']} client threads, batch 1 ({m['load']['requests']} requests, "
+                  f"{m['load']['failed']} failed). \"p50 before\": end-to-end latency (queue + compute) of the requests "
+                  "just before the switch; \"bridge\": requests served on the in-graph session until the swap; "
+                  "\"window\": every request in flight from the call to the swap, slowest and p99 against p50 before.", "",
+                  "| switch | cached | bridged | in effect | first result at new point | p50 before (compute) | "
+                  "swap after (prepare) | bridge requests (compute p50) | compute p50 after swap | window slowest / p99 "
+                  "vs p50 |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in m["load"]["switches"]:
+            swap = f"{r['swap_ms']:.0f} ms ({r['prepare_ms']:.0f} ms)" if r["swap_ms"] is not None else "—"
+            bridge = f"{r['bridge_requests']} ({r['bridge_run_p50_ms']:.2f} ms)" if r["bridge_run_p50_ms"] else "—"
+            after = f"{r['after_run_p50_ms']:.2f} ms" if r["after_run_p50_ms"] else "—"
+            win = (f"×{r['window_max_over_p50']:.1f} / ×{r['window_p99_over_p50']:.1f}"
+                   if r["window_max_over_p50"] else "—")
+            lines.append(f"| {r['label']} | {r['cached']} | {r['bridged']} | {r['effect_ms']:.3f} ms | "
+                         f"{r['first_result_ms']:.2f} ms | {r['p50_before_ms']:.2f} ms ({r['run_p50_before_ms']:.2f} ms) | "
+                         f"{swap} | {bridge} | {after} | {win} |")
+        st = m["steady"]
+        lines += ["", f"Steady state at λ_n={st['point']['lambda_n']:g}, width {st['point']['width']:g}, reached "
+                  f"through the bridge and the swap (serving: {st['serving']}), against the plain export of that "
+                  "width, side by side: " + ", ".join(
+                      f"batch {r['batch']} {r['runtime_p50_ms']:.3f} vs {r['plain_p50_ms']:.3f} ms (×{r['ratio']:.3f} "
+                      "paired)" for r in st["rows"]) + ".", ""]
+    g = res.get("resnet20_nogil")
+    if g:
+        def windows(m):  # noqa: ANN001, ANN202
+            return [r["window_max_over_p50"] for r in m["load"]["switches"] if r["bridged"] and r["window_max_over_p50"]]
+        on, off = windows(res["resnet20"]), windows(g)
+        p99 = lambda m: [r["window_p99_over_p50"] for r in m["load"]["switches"] if r["bridged"]]  # noqa: E731
+        lines += ["### Is `responsive_gil` needed? (ResNet-20, the same switches, with and without it)", "",
+                  "| | window slowest / p50, per bridged switch | window p99 / p50 |", "|---|---|---|",
+                  f"| with (0.2 ms switch interval while preparing) | {', '.join(f'×{v:.1f}' for v in on)} | "
+                  f"{', '.join(f'×{v:.1f}' for v in p99(res['resnet20']) if v)} |",
+                  f"| without (5 ms, Python's default) | {', '.join(f'×{v:.1f}' for v in off)} | "
+                  f"{', '.join(f'×{v:.1f}' for v in p99(g) if v)} |", ""]
+    lines += ["### Input range check", "",
+              "The bundle's manifest states the input range ([0, 1]). A batch whose mean pixel is above 1.5 or below "
+              "−0.5 cannot come from it and is refused (`InputError`: \"0..255 pixels? pass float32 pixels / 255\"). "
+              "On ONNX Runtime the mean is the NaN/Inf check's in-model `ReduceSum(images)` divided by the pixel "
+              "count, so the range adds no kernel, only the bounds of one comparison already made; the row below is "
+              "both checks together against none, per width (batch 1, paired).", "",
+              "| width | p50 with checks ms | p50 without ms | cost (paired) |", "|---|---|---|---|"]
+    lines += [f"| {r['width']:g} | {r['on_p50_ms']:.3f} | {r['off_p50_ms']:.3f} | {100 * r['cost']:+.2f}% |" for r in cc]
+    return "\n".join(lines)
+
+
+def observable(r20: Path, r34: Path, threads: int, rounds: int, budget: float) -> dict:
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    res = {"conditions": {"cpus": os.cpu_count(), "load_avg_start": list(os.getloadavg()), "onnxruntime": ort.__version__,
+                          "rounds": rounds, "budget_s": budget}}
+    res["observer_cost"] = observer_cost(r20, threads, rounds, budget)
+    res["check_cost"] = check_cost(r20, threads, rounds, budget)
+    res["resnet20"] = instant_switch(r20, threads, steady_rounds=rounds, budget_s=budget)
+    res["resnet20_nogil"] = instant_switch(r20, threads, steady_rounds=20, budget_s=0.5, gil=False)
+    res["resnet34"] = instant_switch(r34, threads, settle_s=2.0, steady_rounds=rounds, budget_s=budget)
+    res["conditions"]["load_avg_end"] = list(os.getloadavg())
+    res["wall_s"] = time.perf_counter() - t0
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--r20", default=None, help="ResNet-20 FLOATS bundle (default: train one under runs/)")
@@ -283,10 +627,20 @@ def main() -> None:
     ap.add_argument("--neighbour", metavar="BUNDLE", help=argparse.SUPPRESS)  # interference(): the other process
     ap.add_argument("--render-only", action="store_true",
                     help="Rewrite the RESULTS.md section from docs/results/runtime_bench.json without measuring.")
+    ap.add_argument("--observable-only", action="store_true",
+                    help="Measure only the observable runtime (observer cost, instant switches, input check).")
     args = ap.parse_args()
     if args.neighbour:
         with open_runtime(args.neighbour, threads=1, mode="materialised", concurrency=1) as model:
             build_points(model, threading.Event())  # until killed
+        return
+    if args.observable_only:
+        r20 = Path(args.r20) if args.r20 else ensure_bundle("resnet20", 256, ROOT / "runs" / "runtime_bench_r20")
+        r34 = Path(args.r34) if args.r34 else ensure_bundle("resnet34", 64, ROOT / "runs" / "runtime_bench_r34")
+        res = observable(r20, r34, args.threads, args.rounds, args.budget)
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(FIGURES / "runtime_observable.json", json.dumps(res, indent=1, default=str) + "\n")
+        print(update_section("runtime-observable", observable_section(res)))
         return
     if args.switch_only:  # rerun the two switching tests, keep the rest of the saved figures
         saved = json.loads((FIGURES / "runtime_bench.json").read_text())

@@ -3,8 +3,10 @@
     import floatedge.runtime as rt
     with rt.open("model.febundle") as model:           # ONNX Runtime, mode chosen by measurement
         logits = model.infer(images)                     # float32 N×C×H×W in [0, 1]
-        model.set_operating_point(lambda_n=0.7, width=0.5)
+        model.set_operating_point(lambda_n=0.7, width=0.5, reason="slo")   # in effect at once
         result = model.run(images)                       # .logits and the .point it ran at
+        one = model.run(images, point={"lambda_n": 1.0})  # this request only; the current point stays
+        model.add_observer(metrics)                      # .on_request/.on_switch/.on_swap(event)
 
 Backends (`backend=`): "onnxruntime" (the default; CPU, CUDA and TensorRT execution providers) and
 "tensorrt" (native TensorRT 8.5/8.6/10.x, needs tensorrt and cuda-python or pycuda). See docs/runtime.md.
@@ -18,6 +20,7 @@ from typing import Any
 from floatedge.oppoint import OperatingPoint, OperatingPointError
 
 from .base import MODES, Backend, ClosedError, InputError, InputSpec, Result
+from .observe import RequestEvent, SwapEvent, SwitchEvent
 
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -38,8 +41,9 @@ def open(bundle: Any, backend: str = "auto", **options: Any) -> Backend:  # noqa
     backend: "auto" (= "onnxruntime", the embedded default; it already picks the CUDA/TensorRT execution
     providers when present), "onnxruntime"/"ort", or "tensorrt"/"trt".
     options: mode ("auto" | "in-graph" | "materialised"), point (an OperatingPoint to start at),
-    threads, providers (ORT), check_finite, cache_size, verify (bundle checksums), and for TensorRT
-    precision, cache_dir, max_batch.
+    threads, concurrency, providers (ORT), check_finite, check_range, cache_size, verify (bundle
+    checksums), bridge (ORT: instant switches through warm in-graph sessions, default on), and for
+    TensorRT precision, cache_dir, max_batch.
     """
     if isinstance(bundle, (str, Path)) and not Path(bundle).exists():
         raise FileNotFoundError(f"no bundle at {bundle}")
@@ -56,4 +60,4 @@ def open(bundle: Any, backend: str = "auto", **options: Any) -> Backend:  # noqa
 
 
 __all__ = ["open", "available_backends", "Backend", "InputSpec", "InputError", "ClosedError", "Result",
-           "OperatingPoint", "OperatingPointError", "MODES", "BACKENDS"]
+           "OperatingPoint", "OperatingPointError", "RequestEvent", "SwitchEvent", "SwapEvent", "MODES", "BACKENDS"]

@@ -16,14 +16,17 @@ consumer's, in its own metrics library.
 Observers are called synchronously, so they must be quick and thread-safe (several request threads call
 them at once). An observer's exception is counted (`Observers.errors`), logged once per observer, and never
 reaches the request or the switch. With no observer the request path does not time anything.
+
+The events are immutable named tuples (fields by name, `_asdict()`), not frozen dataclasses: building a
+frozen dataclass goes through `object.__setattr__` once per field, measured here at 4–5 µs against ~1 µs
+for the tuple, and a request event is built on every request — 1% of a 0.2 ms batch-1 inference is 2 µs.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from floatedge.oppoint import OperatingPoint
 
@@ -32,8 +35,7 @@ log = logging.getLogger("floatedge.runtime")
 KINDS = ("request", "switch", "swap")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestEvent:
+class RequestEvent(NamedTuple):
     """One `run`/`infer` call, successful or not.
 
     queue_s: from the call until the model started on it (input check, preparing a cold per-request point,
@@ -55,8 +57,7 @@ class RequestEvent:
     done: float
 
 
-@dataclass(frozen=True, slots=True)
-class SwitchEvent:
+class SwitchEvent(NamedTuple):
     """The current operating point changed (`set_operating_point`).
 
     effect_s: from the call until requests started running at `to_point` (the first one admitted after
@@ -74,8 +75,7 @@ class SwitchEvent:
     done: float
 
 
-@dataclass(frozen=True, slots=True)
-class SwapEvent:
+class SwapEvent(NamedTuple):
     """After a bridged switch: the materialised executable of `point` replaced the in-graph bridge.
 
     after_s: from the `set_operating_point` call until the swap; prepare_s: preparing the materialised
