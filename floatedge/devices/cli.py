@@ -212,8 +212,8 @@ def simulate_cmd(module: str, root: str, jetpack: str | None, scenario: str | No
         raise click.ClickException(f"scenario {scenario} is for {sc.module}, not {module}")
     sim = simulate.SimJetson(root, module, jetpack or (sc.jetpack if sc else None)).build()
     sim.advance(1.0)
-    if sc is not None and sc.start:
-        sim.update(**simulate._changes(sc.start))
+    if sc is not None:
+        simulate.set_start(sim, sc)
     click.echo(f"simulated {sim.mod.name} ({sim.mod.part_numbers[0]}), JetPack {sim.jetpack} (L4T {sim.line['l4t']}) at {sim.root}")
     click.echo(f"  read it:  floatedge device info --root {sim.root}   |   floatedge device watch --root {sim.root}")
     click.echo(f"  stand-ins: PATH={sim.root}/usr/sbin:{sim.root}/usr/bin:$PATH nvpmodel -q")

@@ -81,6 +81,9 @@ class SysfsSource:
         self.cores = cpu.present(self.root)
         self.modes, _ = nvpmodel.modes(self.root)
         self._found_at = time.monotonic()
+        found = (len(self.rails), len(self.zones), self.gpu is not None)
+        self._first = getattr(self, "_first", None) or found
+        self._missing = any(f < e for f, e in zip(found, self._first, strict=True))  # a sensor went away: look again later
 
     def _rediscover(self) -> None:
         if time.monotonic() - self._found_at >= REDISCOVER_S:
@@ -102,7 +105,7 @@ class SysfsSource:
         if self.gpu and (g is None or g.cur_mhz is None):
             errors.append(f"gpu: {self.gpu.name} unreadable")
         gone = [z.name for z in zones if z.temp_c is None] + [r.name for r in rails.rails if r.mw is None]
-        if gone or (self.gpu and g and g.cur_mhz is None):
+        if gone or self._missing or (self.gpu and g and g.cur_mhz is None):
             self._rediscover()
         errors += [f"offline: {n}" for n in gone]
         th = throttle.infer(zones, g.load_pct if g else None, g.cur_mhz if g else None, allowed, rails.rails)

@@ -104,6 +104,7 @@ class SimJetson:
                                     temps={z: (catalogue.sim_value("pmic_die_c") if z == "PMIC-Die" else 40.0) for z in self.mod.thermal},
                                     ticks=[[0.0, 0.0] for _ in range(n)])
         self.written: dict = {}
+        self._cache: dict[Path, str] = {}
 
     # ------------------------------------------------------------------ paths
     def p(self, device_path: str) -> Path:
@@ -125,10 +126,12 @@ class SimJetson:
         dt = "/proc/device-tree"
         _write(self.p(f"{dt}/model"), mod.model.encode() + b"\0")
         compatible = mod.raw.get("compatible")
-        if compatible is None:
-            parts = mod.dts.split("-")
-            carrier = "-".join(parts[3:5]) if len(parts) >= 5 else ""
-            compatible = [f"nvidia,{carrier}+{mod.part_numbers[0]}", f"nvidia,{mod.part_numbers[0]}", f"nvidia,{mod.soc}"]
+        if compatible is None:  # 'nvidia,<carrier>+<module>', 'nvidia,<module>', 'nvidia,<soc>' (edge.md §2.3, jetson_stats#711)
+            import re
+
+            pnums = re.findall(r"p\d{4}-\d{4}", mod.dts)
+            first = f"nvidia,{pnums[1]}+{pnums[0]}" if len(pnums) > 1 else f"nvidia,{mod.model.lower()}"
+            compatible = [first, f"nvidia,{mod.part_numbers[0]}", f"nvidia,{mod.soc}"]
         _write(self.p(f"{dt}/compatible"), b"".join(c.encode() + b"\0" for c in compatible))
         if mod.dts:
             _write(self.p(f"{dt}/nvidia,dtsfilename"),
@@ -290,19 +293,19 @@ class SimJetson:
         for i, flag in enumerate(on):
             d = f"/sys/devices/system/cpu/cpu{i}"
             if i > 0:
-                _write(self.p(f"{d}/online"), f"{int(flag)}\n")
+                self._put(self.p(f"{d}/online"), f"{int(flag)}\n")
             cap = int((self.mode().cpu_max_mhz or self.cpu_max) * 1000)
-            _write(self.p(f"{d}/cpufreq/cpuinfo_max_freq"), f"{int(self.cpu_max * 1000)}\n")
-            _write(self.p(f"{d}/cpufreq/scaling_max_freq"), f"{cap}\n")
+            self._put(self.p(f"{d}/cpufreq/cpuinfo_max_freq"), f"{int(self.cpu_max * 1000)}\n")
+            self._put(self.p(f"{d}/cpufreq/scaling_max_freq"), f"{cap}\n")
             low = cap if st.jetson_clocks else int(catalogue.sim_value("cpu_min_mhz") * 1000)
-            _write(self.p(f"{d}/cpufreq/scaling_min_freq"), f"{low}\n")
-            _write(self.p(f"{d}/cpufreq/scaling_cur_freq"), f"{self.cpu_mhz(i) * 1000}\n")
+            self._put(self.p(f"{d}/cpufreq/scaling_min_freq"), f"{low}\n")
+            self._put(self.p(f"{d}/cpufreq/scaling_cur_freq"), f"{self.cpu_mhz(i) * 1000}\n")
         w["cpu_mhz"] = {i: float(self.cpu_mhz(i)) for i in range(len(on)) if on[i]}
         w["online"] = on
         self._write_stat()
         total_kb, used_kb = mod.ram_mb * 1024, int(st.mem_used_mb * 1024)
         swap_kb = mod.ram_mb * 512
-        _write(self.p("/proc/meminfo"),
+        self._put(self.p("/proc/meminfo"),
                f"MemTotal:       {total_kb} kB\nMemFree:        {max(0, total_kb - used_kb - 102400)} kB\n"
                f"MemAvailable:   {total_kb - used_kb} kB\nBuffers:           20480 kB\nCached:           81920 kB\n"
                f"SwapTotal:      {swap_kb} kB\nSwapFree:       {swap_kb} kB\n")
@@ -312,28 +315,28 @@ class SimJetson:
         for k, name in enumerate(mod.thermal):
             d = self.p(f"/sys/devices/virtual/thermal/thermal_zone{k}")
             if name in st.removed:
-                _remove_tree(d)
+                self._drop(d)
                 continue
             if not (d / "type").exists():
                 self._build_thermal()
             mc = -256000 if name in st.offline else int(round(st.temps.get(name, 40.0) * 1000))
-            _write(d / "temp", f"{mc}\n")
+            self._put(d / "temp", f"{mc}\n")
             w["temps"][name] = None if mc == -256000 else mc / 1000
         # GPU
         d, mhz = self.gpu_devfreq, self.gpu_mhz()
         cap = self.mode().gpu_max_mhz or self.gpu_max
-        _write(self.p(f"{d}/cur_freq"), f"{int(mhz * 1e6)}\n")
-        _write(self.p(f"{d}/max_freq"), f"{int(cap * 1e6)}\n")
-        _write(self.p(f"{d}/min_freq"), f"{int((cap if st.jetson_clocks else catalogue.sim_value('gpu_min_mhz')) * 1e6)}\n")
+        self._put(self.p(f"{d}/cur_freq"), f"{int(mhz * 1e6)}\n")
+        self._put(self.p(f"{d}/max_freq"), f"{int(cap * 1e6)}\n")
+        self._put(self.p(f"{d}/min_freq"), f"{int((cap if st.jetson_clocks else catalogue.sim_value('gpu_min_mhz')) * 1e6)}\n")
         per_mille = int(round(st.gpu_load * 10))
-        _write(self.p(f"{os.path.dirname(os.path.dirname(d))}/load"), f"{per_mille}\n")
+        self._put(self.p(f"{os.path.dirname(os.path.dirname(d))}/load"), f"{per_mille}\n")
         w["gpu"] = {"load": per_mille / 10, "mhz": int(mhz * 1e6) / 1e6, "max_mhz": int(cap * 1e6) / 1e6}
         emc_hz = 2133000000 if mod.soc == "tegra234" else 1600000000
-        _write(self.p(mod.emc_rate), f"{emc_hz}\n")
+        self._put(self.p(mod.emc_rate), f"{emc_hz}\n")
         w["emc_mhz"] = emc_hz / 1e6
         # power
         w["rails"] = self._write_power()
-        _write(self.p("/var/lib/nvpmodel/status"), f"pmode:{st.mode:04d}\n")
+        self._put(self.p("/var/lib/nvpmodel/status"), f"pmode:{st.mode:04d}\n")
         w["mode"] = (st.mode, self.mode().name)
         self.written = w
         self.save()
@@ -345,7 +348,7 @@ class SimJetson:
         for k, dev in enumerate(self._rails()):
             base = f"/sys/bus/i2c/devices/{dev['bus']}"
             if dev["bus"] in self.state.removed:
-                _remove_tree(self.p(base))
+                self._drop(self.p(base))
                 continue
             if not self.p(f"{base}/name").exists():
                 self._build_power()
@@ -354,16 +357,16 @@ class SimJetson:
                 ma = int(round(mw[name] * 1000 / mv))
                 if hwmon:
                     d = f"{base}/hwmon/hwmon{k + 1}"
-                    _write(self.p(f"{d}/in{j + 1}_input"), f"{mv}\n")
-                    _write(self.p(f"{d}/curr{j + 1}_input"), f"{ma}\n")
-                    _write(self.p(f"{d}/curr{j + 1}_crit_alarm"), f"{int(self.state.overcurrent == name)}\n")
+                    self._put(self.p(f"{d}/in{j + 1}_input"), f"{mv}\n")
+                    self._put(self.p(f"{d}/curr{j + 1}_input"), f"{ma}\n")
+                    self._put(self.p(f"{d}/curr{j + 1}_crit_alarm"), f"{int(self.state.overcurrent == name)}\n")
                     val = mv * ma / 1000.0
                 else:
                     d = f"{base}/iio:device{k}"
                     val = float(int(round(mw[name])))
-                    _write(self.p(f"{d}/in_power{j}_input"), f"{int(val)}\n")
-                    _write(self.p(f"{d}/in_voltage{j}_input"), f"{mv}\n")
-                    _write(self.p(f"{d}/in_current{j}_input"), f"{ma}\n")
+                    self._put(self.p(f"{d}/in_power{j}_input"), f"{int(val)}\n")
+                    self._put(self.p(f"{d}/in_voltage{j}_input"), f"{mv}\n")
+                    self._put(self.p(f"{d}/in_current{j}_input"), f"{ma}\n")
                 if name != "NC":
                     out[name] = val
         return out
@@ -381,7 +384,7 @@ class SimJetson:
         lines.append(f"cpu  {agg[0]} 0 {agg[2]} {agg[3]} 0 0 0 0 0 0")
         lines += rows
         lines += ["intr 0", "ctxt 0", f"btime {int(time.time()) - 3600}", "processes 1", "procs_running 1", "procs_blocked 0"]
-        _write(self.p("/proc/stat"), "\n".join(lines) + "\n")
+        self._put(self.p("/proc/stat"), "\n".join(lines) + "\n")
 
     def advance(self, seconds: float) -> None:
         """Let `seconds` of CPU time pass at the current loads (online cores only), then rewrite /proc/stat."""
@@ -392,6 +395,17 @@ class SimJetson:
                 self.state.ticks[i][0] += ticks * self.state.cpu_load[i] / 100.0
                 self.state.ticks[i][1] += ticks
         self._write_stat()
+
+    def _put(self, path: Path, text: str) -> None:
+        """Write a dynamic file only when its content changes (a tick then costs a few writes, not a hundred)."""
+        if self._cache.get(path) != text or not path.exists():
+            _write(path, text)
+            self._cache[path] = text
+
+    def _drop(self, path: Path) -> None:
+        _remove_tree(path)
+        for p in [p for p in self._cache if path in p.parents]:
+            del self._cache[p]
 
     # ------------------------------------------------------------------ changes
     def update(self, **changes) -> None:
@@ -573,6 +587,12 @@ def scenario_state(sc: Scenario, t: float, base: dict) -> dict:
     return cur
 
 
+def set_start(sim: SimJetson, sc: Scenario) -> None:
+    """Put the device in the scenario's starting state (before anyone starts reading it)."""
+    if sc.start:
+        sim.update(**_changes(sc.start))
+
+
 def play(sim: SimJetson, sc: Scenario, time_scale: float = 1.0, tick: float = 0.05, stop: threading.Event | None = None,
          on_change=None) -> None:
     """Play a scenario on a built simulator in real time divided by `time_scale` (10 → ten times faster), rewriting
@@ -584,25 +604,33 @@ def play(sim: SimJetson, sc: Scenario, time_scale: float = 1.0, tick: float = 0.
             **{f"temp.{z}": t for z, t in sim.state.temps.items()}}
     t0 = last = time.monotonic()
     applied: dict = {}
+    times = sorted({float(ev["t"]) for ev in sc.events})
     while True:
         now = time.monotonic()
         t = (now - t0) * time_scale
         sim.advance(now - last)
         last = now
         sim.sync_mode()
-        want = scenario_state(sc, min(t, sc.end_s), base)
-        diff = {k: v for k, v in want.items() if applied.get(k) != v}
-        if diff:
-            sim.update(**_changes(diff))
-            applied.update(diff)
-            if on_change is not None:
-                on_change(t, diff)
+        # every event's settings are written at least once, even when a slow tick jumps past a short episode
+        while times and times[0] <= t:
+            at = times.pop(0)
+            applied = _apply(sim, scenario_state(sc, at, base), applied, at, on_change)
+        applied = _apply(sim, scenario_state(sc, min(t, sc.end_s), base), applied, t, on_change)
         if t >= sc.end_s or (stop is not None and stop.is_set()):
             return
         if stop is not None:
             stop.wait(tick)
         else:
             time.sleep(tick)
+
+
+def _apply(sim: SimJetson, want: dict, applied: dict, t: float, on_change) -> dict:
+    diff = {k: v for k, v in want.items() if applied.get(k) != v}
+    if diff:
+        sim.update(**_changes(diff))
+        if on_change is not None:
+            on_change(t, diff)
+    return {**applied, **diff}
 
 
 def scenarios_dir() -> Path:
