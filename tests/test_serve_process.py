@@ -151,3 +151,29 @@ def test_sigkill_during_a_swap_then_restart_serves_the_last_good_bundle(two, tmp
         assert any(e.get("event") == "resume" for e in s3.events())
     finally:
         assert s3.stop() == 0
+
+
+def test_device_telemetry_from_a_simulated_jetson(two, tmp_path):
+    """The server samples a `floatedge device simulate` tree (the devices stage's sysfs readers) and exports it."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    _, a, _, token = two
+    sim = tmp_path / "sim"
+    proc = subprocess.run([sys.executable, "-m", "floatedge", "device", "simulate", "nano", "--root", str(sim)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(f'telemetry_source = "sysfs"\ntelemetry_root = "{sim}"\ntelemetry_interval_s = 0.2\n')
+    server = ServerProc(tmp_path, a, config=cfg, token_file=token).wait_ready()
+    try:
+        deadline = time.monotonic() + 30
+        while (state := server.json("GET", "/v2/floatedge/state")[1])["telemetry"] is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "sysfs" in state["telemetry_source"] and state["telemetry"]["temps_c"], state
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        assert "floatedge_device_temperature_celsius{zone=" in text and "floatedge_device_throttled" in text
+        assert "floatedge_device_power_watts{rail=" in text
+    finally:
+        assert server.stop() == 0

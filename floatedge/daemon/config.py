@@ -60,6 +60,8 @@ class ServeConfig:
     policy_params: dict = field(default_factory=dict)
     policy_interval_s: float = 1.0
     telemetry_interval_s: float = 1.0
+    telemetry_source: str = "auto"  # floatedge.devices sampler source: auto, sysfs, tegrastats, jtop, none; off: no sampler
+    telemetry_root: str = "/"  # the filesystem the sampler reads (a `floatedge device simulate` tree in tests)
     drain_timeout_s: float = 20.0
     log_level: str = "info"
 
@@ -117,6 +119,9 @@ class ServeConfig:
             raise ConfigError("max_body_mb must be > 0")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if self.telemetry_source not in ("auto", "sysfs", "tegrastats", "jtop", "none", "off"):
+            raise ConfigError(f"telemetry_source must be auto, sysfs, tegrastats, jtop, none or off, got "
+                              f"{self.telemetry_source!r}")
         if not isinstance(self.policy_params, dict):
             raise ConfigError("policy_params must be a table")
         return self

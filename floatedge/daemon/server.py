@@ -95,6 +95,7 @@ class Server:
         self.heartbeat = Heartbeat(max_age_s=max(2.0, (watchdog_period() or 1.0) * 2))
         self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="floatedge-http")
         self.exit_code = 0
+        self.sampler: Any = None
 
     # -- start
     def load(self) -> None:
@@ -159,6 +160,8 @@ class Server:
             metrics_server.shutdown()
         if watchdog:
             watchdog.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
         slot = self.core.slot
         if slot is not None:
             await loop.run_in_executor(None, slot.close, cfg.drain_timeout_s)
@@ -198,8 +201,14 @@ class Server:
 
     async def _telemetry(self) -> None:
         loop = asyncio.get_running_loop()
-        sampler, source = await loop.run_in_executor(None, open_sampler)
+        cfg = self.cfg
+        if cfg.telemetry_source == "off":
+            self.control.telemetry_source = "none: telemetry_source = off"
+            return
+        sampler, source = await loop.run_in_executor(None, open_sampler, cfg.telemetry_source,
+                                                     cfg.telemetry_interval_s, cfg.telemetry_root)
         self.control.telemetry_source = source
+        self.sampler = sampler
         while sampler is not None:
             try:
                 snap = await loop.run_in_executor(None, read, sampler)

@@ -1,73 +1,47 @@
-"""Device telemetry for the server, from `floatedge.devices` when that package offers a sampler.
+"""Device telemetry for the server, from `floatedge.devices.sampler` (the devices stage owns reading the hardware:
+sysfs, tegrastats, jtop; off a Jetson its "none" source still gives CPU load and RAM from /proc).
 
-The devices stage owns reading the hardware (sysfs, tegrastats, jtop); the server only asks it for the latest
-snapshot every `telemetry_interval_s` and shows it (GET /v2/floatedge/state, `floatedge_device_*` metrics).
-When no sampler is importable or none works on this machine, telemetry is simply absent and the server says
-so (`telemetry_source`: "none: <why>"); nothing else depends on it.
+The server starts one `Sampler` (its own thread, a ring of snapshots, `latest()` never blocks), shows the latest
+`Snapshot` in GET /v2/floatedge/state and exports it as `floatedge_device_*` metrics. If the sampler cannot be
+started, telemetry is absent and the state says why (`telemetry_source`: "none: ..."); nothing else depends on it.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
 log = logging.getLogger("floatedge.serve")
 
 
-def open_sampler() -> tuple[Any | None, str]:
-    """(a sampler with `.sample()` or `.snapshot()`, its description) or (None, why there is none)."""
+def open_sampler(source: str = "auto", interval: float = 1.0, root: str = "/") -> tuple[Any | None, str]:
+    """(a started sampler, its source) or (None, why there is none)."""
     try:
-        from floatedge.devices import sampler as mod  # type: ignore[attr-defined]
+        from floatedge.devices.sampler import Sampler
     except ImportError as exc:
         return None, f"none: floatedge.devices has no sampler ({exc})"
-    for name in ("open_sampler", "Sampler"):
-        factory = getattr(mod, name, None)
-        if factory is None:
-            continue
-        try:
-            s = factory()
-            return s, f"floatedge.devices.sampler.{name}"
-        except Exception as exc:  # noqa: BLE001 - no telemetry is a normal state on a workstation
-            return None, f"none: {name}() failed ({type(exc).__name__}: {exc})"
-    return None, "none: floatedge.devices.sampler offers no open_sampler()/Sampler"
+    try:
+        sampler = Sampler(source=source, interval=interval, root=root).start()
+    except Exception as exc:  # noqa: BLE001 - no telemetry is a normal state; the server runs without it
+        return None, f"none: the sampler did not start ({type(exc).__name__}: {exc})"
+    return sampler, f"floatedge.devices.sampler ({sampler.source})"
 
 
 def read(sampler: Any) -> dict[str, Any] | None:
-    """The sampler's latest snapshot as a plain dict (for JSON and the metrics), or None."""
-    for method in ("latest", "sample", "snapshot", "read"):
-        fn = getattr(sampler, method, None)
-        if callable(fn):
-            snap = fn()
-            break
-    else:
-        return None
-    if snap is None:
-        return None
-    if hasattr(snap, "to_dict"):
-        return dict(snap.to_dict())
-    if dataclasses.is_dataclass(snap):
-        return dataclasses.asdict(snap)
-    return dict(snap) if isinstance(snap, dict) else None
+    """The latest snapshot as JSON-able dict, or None before the first one."""
+    snap = sampler.latest()
+    return None if snap is None else snap.to_json()
 
 
 def metric_view(snap: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The fields the metrics export, found under the names a snapshot is likely to use."""
+    """What the `floatedge_device_*` metrics export: watts per rail (and total), °C per zone, GPU and CPU load as
+    ratios 0..1 (the snapshot has percentages), throttling as 0/1."""
     if not snap:
         return None
-
-    def first(*keys: str) -> Any:
-        for k in keys:
-            if snap.get(k) is not None:
-                return snap[k]
-        return None
-
-    power = first("power_w", "power", "rails_w")
-    if isinstance(power, dict):
-        power = {k: (v.get("power_w") if isinstance(v, dict) else v) for k, v in power.items()}
-    temps = first("temperatures_c", "temperature_c", "temperatures", "temps")
-    if isinstance(temps, dict):
-        temps = {k: (v.get("temp_c") if isinstance(v, dict) else v) for k, v in temps.items()}
-    return {"power_w": power if isinstance(power, dict) else ({"total": power} if power is not None else {}),
-            "temperatures_c": temps if isinstance(temps, dict) else {},
-            "gpu_load": first("gpu_load", "gpu_util", "gpu"), "cpu_load": first("cpu_load", "cpu_util"),
-            "throttled": first("throttled", "throttling")}
+    power = {k: v / 1e3 for k, v in (snap.get("power_mw") or {}).items() if v is not None}
+    if snap.get("power_total_mw") is not None:
+        power["total"] = snap["power_total_mw"] / 1e3
+    loads = [c["load"] for c in snap.get("cpu") or () if c and c.get("load") is not None]
+    gpu = snap.get("gpu_load")
+    return {"power_w": power, "temperatures_c": dict(snap.get("temps_c") or {}),
+            "gpu_load": None if gpu is None else gpu / 100, "cpu_load": sum(loads) / len(loads) / 100 if loads else None,
+            "throttled": 1 if snap.get("throttled") else 0}
