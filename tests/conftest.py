@@ -1,6 +1,7 @@
 """Shared fixtures: small real things (a CIFAR-10 slice, a tiny trained run), built once per session."""
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -16,7 +17,11 @@ CIFAR10 = ROOT.parent / "shared" / "data" / "cifar-10-batches-py"
 
 @pytest.fixture(scope="session")
 def cifar10_path() -> Path:
+    """The real CIFAR-10 beside the repository. Missing, the test is skipped on a workstation — but fails when the
+    environment variable CI is set: a skip there would hide a broken data path behind a green run."""
     if not (CIFAR10 / "data_batch_1").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"real CIFAR-10 not found at {CIFAR10}, and CI is set: the tests that need it must run")
         pytest.skip(f"real CIFAR-10 not found at {CIFAR10}")
     return CIFAR10
 

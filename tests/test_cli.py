@@ -3,12 +3,16 @@ and leaves what was already written untouched. Most cases run through click's Cl
 real processes to check the exit code and stderr as a shell sees them."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -70,7 +74,7 @@ TINY = ["--arch", "tiny", "--epochs", "1", "--batch-size", "32", "--pgd-steps", 
 def test_train_bad_flags(tmp_path, args, needles):
     result = run_cli("train", *args, "--out", tmp_path / "out")
     assert_one_line_error(result, *needles)
-    assert not (tmp_path / "out" / CHECKPOINT).exists()
+    assert not (tmp_path / "out").exists()  # no empty run directory left behind
 
 
 def test_train_unknown_method_is_a_usage_error(tmp_path):
@@ -82,10 +86,11 @@ def test_train_unknown_method_is_a_usage_error(tmp_path):
 def test_train_data_path_without_the_files(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "data_batch_1").write_bytes(b"")
-    result = run_cli("train", *TINY, "--data", tmp_path / "data", "--out", tmp_path / "o")
+    result = run_cli("train", *TINY, "--data", tmp_path / "data", "--out", tmp_path / "runs" / "o")
     assert_one_line_error(result, "cifar10:", str(tmp_path / "data"), "lacks data_batch_2")
-    result = run_cli("train", *TINY, "--data", tmp_path / "nowhere", "--out", tmp_path / "o")
+    result = run_cli("train", *TINY, "--data", tmp_path / "nowhere", "--out", tmp_path / "runs" / "o")
     assert_one_line_error(result, "is not a directory")
+    assert not (tmp_path / "runs").exists()  # nor the parent it made
 
 
 def test_train_corrupted_pickle(tmp_path, write_cifar10):
@@ -94,6 +99,7 @@ def test_train_corrupted_pickle(tmp_path, write_cifar10):
     (tmp_path / "data" / "data_batch_2").write_bytes(blob[:100])
     result = run_cli("train", *TINY, "--data", tmp_path / "data", "--out", tmp_path / "o")
     assert_one_line_error(result, "data_batch_2: not a readable pickle")
+    assert not (tmp_path / "o").exists()
 
 
 def test_train_hostile_pickle_runs_nothing(tmp_path, write_cifar10, hostile_pickle):
@@ -130,6 +136,7 @@ def test_train_into_an_existing_run_damages_nothing(run_copy):
 def test_train_resume_without_checkpoint(tmp_path):
     result = run_cli("train", *TINY, "--dataset", "synthetic", "--out", tmp_path / "empty", "--resume")
     assert_one_line_error(result, "no checkpoint (checkpoint.pt) found")
+    assert not (tmp_path / "empty").exists()
 
 
 # ---------------------------------------------------------------- eval: bad input
@@ -149,7 +156,12 @@ def test_eval_bad_input(run_copy, tmp_path):
     (tmp_path / "file").write_text("x")
     result = run_cli("eval", run_copy, "--limit", "4", "--attacks", "fgsm", "--quiet",
                      "--out", tmp_path / "file" / "e.json")
-    assert_one_line_error(result, "is not writable")
+    assert_one_line_error(result, f"cannot write {tmp_path / 'file' / 'e.json'}: {tmp_path / 'file'} is a file")
+    # a directory that takes no new files: named, with the destination (not "/proc is not writable")
+    result = run_cli("eval", run_copy, "--limit", "4", "--quiet", "--out", "/proc/x.json")
+    assert_one_line_error(result, "cannot write /proc/x.json: /proc does not take new files")
+    result = run_cli("eval", run_copy, "--limit", "4", "--quiet", "--out", "/proc/new/x.json")
+    assert_one_line_error(result, "cannot write /proc/new/x.json: /proc does not take new files")
     assert snapshot(run_copy) == before
     assert_one_line_error(run_cli("eval", tmp_path / "nothing"), "no checkpoint")
 
@@ -166,8 +178,10 @@ def test_eval_checkpoint_of_another_architecture(run_copy):
     assert snapshot(run_copy) == before
 
 
-@pytest.mark.parametrize("kind", ["garbage", "hostile", "truncated"])
-def test_eval_unreadable_checkpoint(run_copy, tmp_path, kind, hostile_pickle):
+@pytest.mark.parametrize("kind,why", [("garbage", "not a torch.save archive (64 bytes"),
+                                      ("hostile", "Python objects other than tensors"),
+                                      ("truncated", "the file is cut short (1000 bytes")])
+def test_eval_unreadable_checkpoint(run_copy, tmp_path, kind, why, hostile_pickle):
     sentinel = tmp_path / "pwned"
     path = run_copy / CHECKPOINT
     if kind == "garbage":
@@ -176,7 +190,7 @@ def test_eval_unreadable_checkpoint(run_copy, tmp_path, kind, hostile_pickle):
         path.write_bytes(hostile_pickle(sentinel, lambda evil: {"format": 1, "model": evil}))
     else:
         path.write_bytes(path.read_bytes()[:1000])
-    assert_one_line_error(run_cli("eval", run_copy, "--quiet"), "not a readable floatedge checkpoint")
+    assert_one_line_error(run_cli("eval", run_copy, "--quiet"), "not a readable floatedge checkpoint: ", why)
     assert not sentinel.exists()
 
 
@@ -203,9 +217,15 @@ def test_train_then_eval_on_a_tiny_run(tmp_path):
     assert lines[0].split()[:3] == ["width", "λ_th", "λ_n"] and len(lines) == 2 + 4 + 1
     assert lines[-1].startswith("wrote ")
     assert all((tmp_path / "res" / f"e.{s}").exists() for s in ("json", "csv", "png"))
-    # default output next to the run
-    result = run_cli("eval", out, "--limit", "8", "--attacks", "fgsm", "--lambdas", "1", "--quiet")
+    # default output next to the run, where `export --eval` reads it; a second one does not replace it silently
+    result = run_cli("eval", out, "--limit", "8", "--attacks", "fgsm", "--lambdas", "0,1", "--quiet")
     assert result.exit_code == 0 and (out / "eval.json").exists()
+    first = (out / "eval.json").read_bytes()
+    result = run_cli("eval", out, "--limit", "8", "--attacks", "fgsm", "--lambdas", "1", "--quiet")
+    assert_one_line_error(result, f"{out / 'eval.json'} exists", "--out FILE", "--force")
+    assert (out / "eval.json").read_bytes() == first
+    result = run_cli("eval", out, "--limit", "8", "--attacks", "fgsm", "--lambdas", "1", "--quiet", "--force")
+    assert result.exit_code == 0 and len(json.loads((out / "eval.json").read_text())["rows"]) == 2 * 2 * 1  # widths × λ_th × λ_n
     # and resume to a longer schedule continues from epoch 1
     result = run_cli("train", *TINY, "--dataset", "synthetic", "--method", "floats", "--widths", "1,0.5", "--out", out,
                      "--resume", "--epochs", "2")
@@ -272,3 +292,120 @@ def test_resume_needs_only_out_and_keeps_the_recorded_config(tmp_path):
     assert "trained floats tiny on synthetic: epoch 2" in again.output
     ckpt = torch.load(out / CHECKPOINT, weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["widths"] == [1.0, 0.5] and ckpt["config"]["pgd_steps"] == 1
+
+
+# ---------------------------------------------------------------- what a new user runs into
+def test_resume_of_a_finished_run_says_nothing_was_trained(run_copy):
+    before = snapshot(run_copy)
+    result = run_cli("train", "--out", run_copy, "--resume", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "trained" not in result.output.replace("already trained", "")
+    assert "is already trained to epoch 1 of 1: nothing to train" in result.output
+    assert snapshot(run_copy) == before
+
+
+def test_a_run_records_its_data_resolved_and_runs_from_anywhere(tmp_path, write_cifar10, monkeypatch):
+    """`--data` as typed (relative) is recorded resolved, so eval and resume work from another directory; a --data
+    given later overrides the recorded one and says so; a recorded path that moved says how to point elsewhere."""
+    work = tmp_path / "work"
+    write_cifar10(work / "data", per_batch=8)
+    monkeypatch.chdir(work)
+    result = run_cli("train", *TINY, "--epochs", "1", "--batch-size", "8", "--data", "data", "--out", "run")
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("eval", "work/run", "--attacks", "fgsm", "--lambdas", "0", "--quiet", "--out", "e.json")
+    assert result.exit_code == 0, result.output
+    result = run_cli("train", "--out", "work/run", "--resume", "--epochs", "2", "--quiet")
+    assert result.exit_code == 0 and "epoch 2 of 2" in result.output, result.output
+    shutil.move(work / "data", tmp_path / "moved")
+    result = run_cli("eval", "work/run", "--attacks", "fgsm", "--quiet", "--out", "e2.json")
+    assert_one_line_error(result, str(work / "data"), "the data path this run recorded; give --data")
+    result = run_cli("eval", "work/run", "--attacks", "fgsm", "--lambdas", "0", "--quiet", "--out", "e3.json",
+                     "--data", "moved")
+    assert result.exit_code == 0, result.output
+    assert f"read the data from {tmp_path / 'moved'} (--data), not from {work / 'data'} recorded by the run" \
+        in result.output
+    result = run_cli("train", "--out", "work/run", "--resume", "--epochs", "3", "--quiet", "--data", "moved")
+    assert result.exit_code == 0 and "epoch 3 of 3" in result.output, result.output
+    assert f"reading the data from {tmp_path / 'moved'} (--data)" in result.output
+    assert torch.load(work / "run" / CHECKPOINT, weights_only=True)["config"]["data"] == str(tmp_path / "moved")
+
+
+def test_eps_and_step_size_options(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", *TINY, "--dataset", "synthetic", "--eps", "16/255", "--out", out)
+    assert result.exit_code == 0, result.output
+    cfg = torch.load(out / CHECKPOINT, weights_only=True)["config"]
+    assert cfg["eps"] == pytest.approx(16 / 255) and cfg["step_size"] == pytest.approx(4 / 255)  # ε/4 by default
+    result = run_cli("train", *TINY, "--dataset", "synthetic", "--eps", "0.1", "--step-size", "0.02", "--out",
+                     tmp_path / "b")
+    cfg = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["config"]
+    assert result.exit_code == 0 and (cfg["eps"], cfg["step_size"]) == (0.1, 0.02)
+    for bad, needle in ((["--eps", "8/0"], "not a number or a fraction"), (["--eps", "2"], "eps must be in (0, 1]"),
+                        (["--eps", "0.1", "--step-size", "0.5"], "step size must be in (0, eps")):
+        code = 2 if "fraction" in needle else 1
+        assert_one_line_error(run_cli("train", *TINY, "--dataset", "synthetic", *bad, "--out", tmp_path / "c"),
+                              needle, code=code)
+    result = run_cli("eval", out, "--limit", "8", "--attacks", "fgsm", "--lambdas", "0", "--quiet", "--eps", "4/255",
+                     "--out", tmp_path / "e.json")
+    assert result.exit_code == 0 and json.loads((tmp_path / "e.json").read_text())["eps"] == pytest.approx(4 / 255)
+
+
+MINE = ("models", "train", "eval", "compare", "quickstart")
+
+
+def test_help_is_complete():
+    """No description cut off in the command list, every option described, one --device default, examples."""
+    listing = run_cli("--help").output
+    rows = {ln.split()[0]: ln for ln in listing.split("Commands:")[1].splitlines() if ln.strip()}
+    for name in MINE:
+        assert not rows[name].rstrip().endswith("..."), rows[name]
+    devices = set()
+    for name in MINE:
+        cmd = main.commands[name]
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help, f"{name} {param.opts[0]} has no description"
+            if param.name == "device":
+                devices.add(param.default)
+        text = run_cli(name, "--help").output
+        assert name == "models" or "Example" in text, f"{name} --help shows no example"
+    assert devices == {"auto"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_which_epoch_is_saved_and_how_to_resume(tmp_path):
+    """A real `floatedge train` process and a real SIGINT once epoch 1 is saved: the last line says which epoch
+    is saved and the command that continues it, exit 130, no traceback; then that command works."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "floatedge", "train", "--arch", "tiny", "--dataset", "synthetic",
+                             "--epochs", "1000", "--batch-size", "32", "--pgd-steps", "1", "--threads", "1", "--quiet",
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / CHECKPOINT).exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Aborted" not in err
+    saved = torch.load(out / CHECKPOINT, weights_only=True)["epoch"]
+    assert saved < 1000
+    assert err.strip().splitlines()[-1] == (f"Interrupted during epoch {saved + 1} of 1000. Epochs 1–{saved} are saved "
+                                            f"in {out}; continue with: floatedge train --out {out} --resume")
+    done = _run("train", "--out", out, "--resume", "--epochs", str(saved + 1), "--quiet")
+    assert done.returncode == 0 and f"epoch {saved + 1} of {saved + 1} (1 trained now)" in done.stdout, done.stderr
+
+
+def test_ctrl_c_before_the_first_epoch_leaves_nothing(tmp_path, monkeypatch):
+    import floatedge.train.trainer as trainer
+
+    def interrupt(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupt)
+    result = run_cli("train", *TINY, "--dataset", "synthetic", "--out", tmp_path / "run")
+    assert result.exit_code == 130
+    assert "no epoch finished, so nothing was saved" in result.output and not (tmp_path / "run").exists()

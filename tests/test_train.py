@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,15 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import floatedge.train.trainer as trainer
-from floatedge.oppoint import BN_ADV, channels
+from floatedge.oppoint import BN_ADV, BN_CLEAN, channels
 from floatedge.train.attacks import pgd
-from floatedge.train.data import load_digits, load_synthetic
+from floatedge.train.data import DataError, load_digits, load_synthetic
+from floatedge.train.film import sample_lambdas
 from floatedge.train.layers import DualBatchNorm2d
 from floatedge.train.trainer import (
     CHECKPOINT,
     LOG,
+    LOSSES,
+    METHODS,
     Objective,
     TrainConfig,
     TrainError,
@@ -36,7 +41,6 @@ from floatedge.train.trainer import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR = str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -71,8 +75,11 @@ def test_smoke_on_real_cifar10(tmp_path, cifar_slice, method, widths):
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "log.jsonl"]
     (rec,) = read_log(run)
     assert rec["epoch"] == 1 and 0.5 < rec["loss"] < 5 and rec["images_per_s"] > 0
-    assert 0 <= rec["train_clean_acc"] <= 1
-    assert 0 <= rec["train_adv_acc"] <= 1
+    # each accuracy counts exactly the images its method classified: FLOAT(S) half of every batch at every width,
+    # PGD-AT at λ=0.5 all of them twice, standard no adversarial ones (None, not a made-up 0)
+    n_clean = {"float": 128, "floats": 256, "pgdat": 256, "standard": 256}[method]
+    assert rec["train_clean_acc"] * n_clean == pytest.approx(round(rec["train_clean_acc"] * n_clean), abs=1e-9)
+    assert (rec["train_adv_acc"] is None) == (method == "standard")
     model, cfg2, ckpt = load_model(run)
     assert cfg2.method == method and model.widths == widths and not model.training
     assert ckpt["finished"] and ckpt["dataset"]["classes"][0] == "airplane"
@@ -92,10 +99,15 @@ def test_smoke_on_real_cifar10(tmp_path, cifar_slice, method, widths):
 
 
 def test_training_learns_synthetic(tmp_path, synthetic):
-    run = train(_cfg(method="float", epochs=3, batch_size=32), tmp_path / "r", progress=False, dataset=synthetic)
+    """FLOAT learns the clean task, and its training attack bites: at ε = 0.5 PGD can recolour any image, so the
+    adversarial half is all but always misclassified, while a no-op attack (or an adversarial half that was not
+    attacked) would give an adversarial training accuracy equal to the clean one (measured: 1.0 vs 0.0)."""
+    run = train(_cfg(method="float", epochs=3, batch_size=32, eps=0.5), tmp_path / "r", progress=False,
+                dataset=synthetic)
     log = read_log(run)
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert log[-1]["loss"] < log[0]["loss"] and log[-1]["train_clean_acc"] > 0.8
+    assert log[-1]["train_adv_acc"] < log[-1]["train_clean_acc"] - 0.5, log[-1]
     assert log[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine schedule over `epochs`
 
 
@@ -256,13 +268,11 @@ def test_crash_after_the_log_line_but_before_the_checkpoint(tmp_path, synthetic,
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, cifar10_path):
     """Real processes: `floatedge train` killed with SIGKILL once a checkpoint exists, then `--resume`d,
     ends bit-identical to an uninterrupted run (real CIFAR-10 slice, augmentation, PGD, FLOATS)."""
-    if not Path(CIFAR, "data_batch_1").exists():
-        pytest.skip("real CIFAR-10 not available")
     args = [sys.executable, "-m", "floatedge", "train", "--method", "floats", "--widths", "1,0.5", "--arch", "tiny",
-            "--dataset", "cifar10", "--data", CIFAR, "--limit-train", "256", "--epochs", "3", "--batch-size", "32",
+            "--dataset", "cifar10", "--data", str(cifar10_path), "--limit-train", "256", "--epochs", "3", "--batch-size", "32",
             "--pgd-steps", "2", "--lr", "0.05", "--threads", "1", "--quiet"]
     a, b = tmp_path / "a", tmp_path / "b"
     # the uninterrupted reference runs alongside
@@ -417,3 +427,140 @@ def test_unreadable_checkpoints(tmp_path, content, msg, hostile_pickle):
     with pytest.raises(TrainError, match=msg):
         load_model(tmp_path)
     assert not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------- the loss of each method, by hand
+class Probe(nn.Module):
+    """A two-class network whose loss can be worked out on paper. logit₀ = k·(mean(x) − ½)·g, logit₁ = 0, with
+    k = 2·ln 3 and g = 1, or g = λ_i per sample once OAT's `set_lambda` has conditioned it. On images of constant
+    ½: a clean image gives logits (0, 0), CE = ln 2. PGD at ε = ½ (10 steps of ε/4: 2.5ε, from any start) drives an image
+    of class 0 to all-0 and one of class 1 to all-1, so either way CE = ln(1 + 3^g): ln 4 at g = 1. Every forward
+    records (state, batch size) so the test sees which images ran where."""
+
+    widths = (1.0,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(2 * math.log(3)))
+        self.state, self.gain, self.seen = None, None, []
+
+    def set_state(self, noise_scale: float, bn: int, width: float) -> None:
+        self.state, self.gain = (noise_scale, bn), None
+
+    def set_lambda(self, lam, width: float = 1.0, n_clean: int | None = None) -> None:
+        self.state, self.gain = ("λ", n_clean), torch.as_tensor(lam, dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((self.state, len(x), self.training))
+        g = torch.ones(len(x)) if self.gain is None else self.gain
+        z0 = self.k * (x.mean((1, 2, 3)) - 0.5) * g
+        return torch.stack([z0, torch.zeros_like(z0)], 1)
+
+
+def _probe_loss(method: str, batch: int = 4, **kw):
+    cfg = _cfg(method=method, eps=0.5, pgd_steps=10, **kw)
+    probe = Probe().train()
+    x, y = torch.full((batch, 1, 2, 2), 0.5), torch.arange(batch) % 2
+    out = Objective(probe, cfg)(x, y, 1.0, torch.Generator().manual_seed(0))
+    return out, probe, y
+
+
+LN2, LN4 = math.log(2), math.log(4)
+
+
+def test_float_loss_is_half_clean_half_adversarial():
+    """FLOAT: 0.5·CE(clean half at s=0, BN_C) + 0.5·CE(attacked half at s=1, BN_A) = 0.5·ln 2 + 0.5·ln 4."""
+    out, probe, y = _probe_loss("float")
+    assert out.loss.item() == pytest.approx(0.5 * LN2 + 0.5 * LN4, rel=1e-6)
+    assert torch.equal(out.clean[1], y[:2]) and torch.equal(out.adv[1], y[2:])
+    assert probe.seen[0] == ((0.0, BN_CLEAN), 2, True)  # clean half, clean state
+    assert set(probe.seen[1:-1]) == {((1.0, BN_ADV), 2, False)}  # the attack: adversarial state, BN in eval mode
+    assert probe.seen[-1] == ((1.0, BN_ADV), 2, True)
+
+
+@pytest.mark.parametrize("lam,want,has_clean,has_adv", [
+    (0.3, 0.7 * LN2 + 0.3 * LN4, True, True), (1.0, LN4, False, True), (0.0, LN2, True, False)])
+def test_pgdat_loss_mixes_clean_and_adversarial_by_lambda(lam, want, has_clean, has_adv):
+    """PGD-AT (Eq. 3): (1−λ)·CE(clean) + λ·CE(adv) over the whole batch, plain state; a zero-weight term is skipped."""
+    out, probe, _ = _probe_loss("pgdat", lam=lam)
+    assert out.loss.item() == pytest.approx(want, rel=1e-6)
+    assert (out.clean is not None, out.adv is not None) == (has_clean, has_adv)
+    assert {s for s, _, _ in probe.seen} == {(0.0, BN_CLEAN)} and {n for _, n, _ in probe.seen} == {4}
+
+
+def test_standard_loss_is_clean_cross_entropy():
+    out, probe, _ = _probe_loss("standard")
+    assert out.loss.item() == pytest.approx(LN2, rel=1e-6) and out.adv is None and len(probe.seen) == 1
+
+
+def test_oat_loss_weights_each_sample_by_its_own_lambda():
+    """OAT: mean over the batch of (1−λ_i)·CE(clean_i) + λ_i·CE(adv_i), the λ_i drawn per sample with the zeros
+    first, only the λ_i > 0 samples attacked. With the probe, CE(clean_i) = ln 2 and CE(adv_i) = ln(1 + 3^λ_i), so a
+    batch-mean λ (or the wrong denominator) gives another number."""
+    batch = 12
+    out, probe, _ = _probe_loss("oat", batch=batch)
+    lam = sample_lambdas(batch, torch.Generator().manual_seed(0))
+    k = int((lam == 0).sum())
+    assert k == 2 and len(set(lam[k:].tolist())) > 1  # a case where per-sample and mean weights differ
+    want = (sum((1 - v) * LN2 for v in lam.tolist()) + sum(v * math.log(1 + 3**v) for v in lam[k:].tolist())) / batch
+    mean_lam = lam.mean().item()
+    wrong = ((1 - mean_lam) * LN2 * batch + mean_lam * math.log(1 + 3**mean_lam) * (batch - k)) / batch
+    assert out.loss.item() == pytest.approx(want, rel=1e-6) and abs(want - wrong) > 1e-3
+    assert probe.seen[0] == (("λ", k), batch, True)  # clean pass: all samples, the k zeros through BN_C
+    assert probe.seen[-1] == (("λ", 0), batch - k, True)  # adversarial pass: only the λ > 0 samples
+    assert out.adv[1].shape == (batch - k,)
+
+
+def test_every_method_has_a_loss():
+    assert set(LOSSES) == set(METHODS)
+
+
+# ---------------------------------------------------------------- what a run directory holds
+def test_checkpoint_holds_no_unused_rng_state(float_run):
+    """Every random stream of epoch e is seeded from (seed, e), so resume needs no RNG state (and none is stored)."""
+    assert "rng" not in load_checkpoint(float_run)
+
+
+def test_data_path_is_recorded_resolved(tmp_path, monkeypatch, write_cifar10):
+    write_cifar10(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(dataset="cifar10", data="data", batch_size=8)
+    assert cfg.data == str(tmp_path / "data")
+    run = train(cfg, tmp_path / "run", progress=False)
+    assert load_checkpoint(run)["config"]["data"] == str(tmp_path / "data")
+    assert json.loads((run / "config.json").read_text())["config"]["data"] == str(tmp_path / "data")
+
+
+def test_resuming_a_finished_run_writes_nothing(float_run):
+    before = _snapshot(float_run)
+    train(_cfg(method="float"), float_run, resume=True, progress=False)
+    assert _snapshot(float_run) == before
+
+
+@pytest.mark.parametrize("case", ["bad data", "interrupted"])
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_directory(tmp_path, synthetic, monkeypatch, case):
+    out = tmp_path / "runs" / "new"
+    if case == "bad data":
+        with pytest.raises(DataError, match="is not a directory"):
+            train(_cfg(dataset="cifar10", data=str(tmp_path / "nowhere")), out, progress=False)
+    else:
+        def interrupt(*_a, **_k):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(trainer, "checkpoint_and_record", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train(_cfg(), out, progress=False, dataset=synthetic)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_resumed_run_that_fails_keeps_its_directory(float_run, tmp_path):
+    """Only what this invocation created is removed: a resume that cannot read its data leaves the run alone."""
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = torch.load(float_run / CHECKPOINT, weights_only=True)
+    ckpt["config"] = {**ckpt["config"], "dataset": "cifar10", "data": str(tmp_path / "moved")}
+    ckpt["finished"] = False
+    torch.save(ckpt, run / CHECKPOINT)
+    before = _snapshot(run)
+    with pytest.raises(DataError, match="the data path this run recorded; give --data"):
+        train(_cfg(dataset="cifar10", epochs=2), run, resume=True, progress=False)
+    assert _snapshot(run) == before

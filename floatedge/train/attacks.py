@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EPS = 8 / 255
-STEP = 2 / 255
+from .config import EPS
+
+STEP = EPS / 4  # the papers' PGD step, 2/255 at ε = 8/255
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from floatedge.oppoint import PAPER_LAMBDAS, OperatingPointError, parse_lambdas
 
 from .attacks import ATTACKS, check_attacks
 from .data import load_dataset
-from .evaluate import evaluate, load_result
+from .evaluate import curve_style, evaluate, load_result, place_labels, pyplot, save_png, set_span
 from .film import FiLM
 from .models import list_models
 from .trainer import CHECKPOINT, TrainConfig, load_checkpoint, load_model, read_log, train
@@ -65,9 +65,11 @@ class CompareConfig:
     pgd_steps: int = 7
     film_dim: int = 128
     threads: int | None = 1
-    device: str = "cpu"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.data is not None:
+            self.data = str(Path(self.data).expanduser().resolve())  # as TrainConfig records it
         if self.arch not in list_models():
             raise CompareError(f"unknown architecture {self.arch!r}; choose from {', '.join(list_models())}")
         if not isinstance(self.epochs, int) or not 2 <= self.epochs <= 10_000:
@@ -454,55 +456,51 @@ def _claims(s: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> Path:
-    import io
-
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
-    _plt().close(fig)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return save_png(fig, path)
 
 
-def _curve(ax, s: dict, method: str, th: float, width: float, style: str, label: str) -> None:
+def _curve(ax, s: dict, method: str, th: float, width: float, style: str, label: str, i: int) -> list[tuple]:
+    """Plot one method's CA–RA curve (bars: seed range); returns its points for `place_labels`."""
     gs = sorted((g for g in s["spread"] if g["method"] == method and g["lambda_th"] == th and g["width"] == width),
                 key=lambda g: g["lambda"])
     if not gs:
-        return
+        return []
     xs = [100 * g["ca_mean"] for g in gs]
     ys = [100 * g["ra_mean"] for g in gs]
-    ax.errorbar(xs, ys, xerr=[50 * g["ca_range"] for g in gs], yerr=[50 * g["ra_range"] for g in gs], fmt=style,
-                label=label, capsize=2)
-    for g, x, y in zip(gs, xs, ys, strict=False):
-        ax.annotate(f"{g['lambda']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    bars = ax.errorbar(xs, ys, xerr=[50 * g["ca_range"] for g in gs], yerr=[50 * g["ra_range"] for g in gs], fmt=style,
+                       label=label, capsize=2, **curve_style(i))
+    colour = bars.lines[0].get_color()
+    return [(x, y, f"{g['lambda']:g}", colour) for g, x, y in zip(gs, xs, ys, strict=True)]
+
+
+def _curves(ax, s: dict, curves: Sequence[tuple], attack_label: str) -> list[tuple]:
+    """Several `_curve`s on one axis, then the limits, the layout and the λ labels (in that order)."""
+    points = [p for i, c in enumerate(curves) for p in _curve(ax, s, *c, i)]
+    set_span(ax, [p[0] for p in points], [p[1] for p in points])
+    ax.set_xlabel("clean accuracy CA (%)")
+    ax.set_ylabel(attack_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    return points
 
 
 def plot_fig7(s: dict, path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    _curve(ax, s, "float", 0.5, 1.0, "s-", "FLOAT (λ_th=0.5)")
-    _curve(ax, s, "float", 0.0, 1.0, "s:", "FLOAT (λ_th=0)")
-    _curve(ax, s, "oat", 0.0, 1.0, "o-", f"OAT (FiLM in={s['config']['film_dim']})")
-    _curve(ax, s, "pgdat", 0.0, 1.0, "^--", "PGD-AT (one model per λ)")
-    ax.set_xlabel("clean accuracy CA (%)")
-    ax.set_ylabel(f"robust accuracy RA, {s['attack']} (%)")
-    ax.set_title(f"{s['config']['arch']} {s['config']['dataset']}: points labelled by λ, bars = seed range")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8.4, 4.8), dpi=120)
+    points = _curves(ax, s, [("float", 0.5, 1.0, "s-", "FLOAT (λ_th=0.5)"), ("float", 0.0, 1.0, "s:", "FLOAT (λ_th=0)"),
+                             ("oat", 0.0, 1.0, "o-", f"OAT (FiLM in={s['config']['film_dim']})"),
+                             ("pgdat", 0.0, 1.0, "^--", "PGD-AT (one model per λ)")],
+                     f"robust accuracy RA, {s['attack']} (%)")
+    ax.set_title(f"{s['config']['arch']} {s['config']['dataset']}: points labelled by λ, bars = seed range", fontsize=9)
+    fig.tight_layout()
+    place_labels(ax, points)
+    return save_png(fig, path)
 
 
 def plot_fig8(s: dict, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     ts, p = s["time_summary"], s["params"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.6, 4.0), dpi=120)
     names, vals = ["FLOAT", "OAT"], [1.0, ts["oat"] / ts["float"]]
@@ -530,18 +528,18 @@ def plot_fig8(s: dict, path: Path) -> Path:
 
 
 def plot_fig9(s: dict, path: Path) -> Path:
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(SLIM_WIDTHS), figsize=(9.6, 4.0), dpi=120)
-    for ax, w in zip(axes, SLIM_WIDTHS, strict=False):
-        _curve(ax, s, "floats", 0.5, w, "s-", "FLOATS (λ_th=0.5)")
-        _curve(ax, s, "floats", 0.0, w, "s:", "FLOATS (λ_th=0)")
-        _curve(ax, s, "oats", 0.0, w, "o-", "OATS")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(SLIM_WIDTHS), figsize=(11.6, 4.2), dpi=120)
+    labelled = []
+    for ax, w in zip(axes, SLIM_WIDTHS, strict=True):
+        labelled.append((ax, _curves(ax, s, [("floats", 0.5, w, "s-", "FLOATS (λ_th=0.5)"),
+                                             ("floats", 0.0, w, "s:", "FLOATS (λ_th=0)"), ("oats", 0.0, w, "o-", "OATS")],
+                                     f"RA, {s['attack']} (%)")))
         ax.set_title(f"width {w:g}")
-        ax.set_xlabel("CA (%)")
-        ax.set_ylabel(f"RA, {s['attack']} (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
+    fig.tight_layout()
+    for ax, points in labelled:
+        place_labels(ax, points)
+    return save_png(fig, path)
 
 
 __all__ = ["CompareConfig", "CompareError", "RunSpec", "compare", "plan", "summarise", "format_report",

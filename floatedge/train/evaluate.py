@@ -7,9 +7,12 @@ FiLM and the BN routing); λ_th does not exist for them and is reported as 0.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +23,8 @@ from floatedge.fsutil import atomic_write, atomic_write_json, atomic_write_text
 from floatedge.oppoint import PAPER_LAMBDA_THS, PAPER_LAMBDAS, OperatingPoint
 
 from .attacks import ATTACKS, check_attacks, run_attack
-from .data import load_dataset, to_float
-from .trainer import TrainError, load_model, progress_bar, resolve_device
+from .data import to_float
+from .trainer import TrainError, load_model, load_run_data, progress_bar, resolve_device
 
 
 class EvalError(ValueError):
@@ -67,7 +70,7 @@ def evaluate(
         if w not in model.widths:
             raise EvalError(f"width {w:g} not trained; {run_dir} has widths {list(model.widths)}")
     try:
-        ds = load_dataset(cfg.dataset, data or cfg.data)
+        ds = load_run_data(cfg.dataset, str(Path(data).resolve()) if data else cfg.data, recorded=not data)
     except ValueError as exc:
         raise EvalError(str(exc)) from None
     if limit is not None and limit < 1:
@@ -113,6 +116,8 @@ def evaluate(
         "method": cfg.method,
         "arch": cfg.arch,
         "dataset": cfg.dataset,
+        "data": str(Path(data).resolve()) if data else cfg.data,
+        "data_recorded": cfg.data,
         "noise_mode": cfg.noise_mode,
         "noise_seed": cfg.noise_seed,
         "epochs": int(ckpt["epoch"]),
@@ -124,6 +129,30 @@ def evaluate(
     }
 
 
+def check_out_file(path: str | Path) -> Path:
+    """Prove a result file can be written at `path` before the work that produces it, or raise OSError naming
+    `path` and what is in the way. Directories made for the probe are removed again."""
+    path = Path(path)
+    if path.is_dir():
+        raise OSError(f"cannot write {path}: it is a directory")
+    parent = path.parent
+    made = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
+    existing = parent.parents[len(made) - 1] if made else parent
+    if not existing.is_dir():
+        raise OSError(f"cannot write {path}: {existing} is a file, not a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = existing if made else parent
+        raise OSError(f"cannot write {path}: {where} does not take new files ({exc.strerror or exc})") from None
+    finally:
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+    return path
 
 
 def format_table(result: dict) -> str:
@@ -170,37 +199,146 @@ def write_csv(result: dict, path: str | Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_tradeoff(result: dict, path: str | Path, attack: str | None = None, title: str | None = None) -> Path:
-    """CA against RA, one curve per width (and line style per λ_th), points labelled by λ_n (FLOAT Fig. 6)."""
+# ---------------------------------------------------------------- plots
+MIN_SPAN = 5.0  # percentage points: an accuracy axis never spans less (a narrower one magnifies single images)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def curve_style(i: int) -> dict:
+    """Markers of curve i: hollow, each curve's smaller than the one before, so coinciding points of several
+    curves show as concentric rings instead of hiding each other."""
+    return {"markersize": max(3.5, 10 - 2.5 * i), "markerfacecolor": "none", "markeredgewidth": 1.4}
+
+
+def set_span(ax, xs: Sequence[float], ys: Sequence[float], min_span: float = MIN_SPAN) -> None:
+    """Axis limits around the data, each at least `min_span` wide and inside [0, 100] where the data allow."""
+    for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+        lo, hi = min(values), max(values)
+        pad = 0.08 * max(hi - lo, min_span)
+        lo, hi = lo - pad, hi + pad
+        if hi - lo < min_span:
+            mid = (lo + hi) / 2
+            lo, hi = mid - min_span / 2, mid + min_span / 2
+        shift = max(0.0, -lo - pad) - max(0.0, hi - 100 - pad)  # keep the axis near [0, 100]
+        setter(lo + shift, hi + shift)
+
+
+_OFFSETS = [(6, 5, "left", "bottom"), (6, -5, "left", "top"), (-6, 5, "right", "bottom"), (-6, -5, "right", "top"),
+            (0, 9, "center", "bottom"), (0, -9, "center", "top"), (10, 0, "left", "center"), (-10, 0, "right", "center")]
+
+
+def place_labels(ax, points: Sequence[tuple[float, float, str, str]], fontsize: float = 7) -> list:
+    """Label points (x, y, text, colour) without overlaps: labels of points that coincide on screen are merged
+    ("0, 0.2"), and each label takes the first spot around its point that overlaps no other label or marker
+    (the least crowded one when none is free). Call after the limits and the layout are fixed."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    groups: list[dict] = []
+    for x, y, text, colour in points:
+        px = ax.transData.transform((x, y))
+        for grp in groups:
+            if abs(grp["px"][0] - px[0]) < 4 and abs(grp["px"][1] - px[1]) < 4:
+                if text not in grp["texts"]:
+                    grp["texts"].append(text)
+                if colour != grp["colour"]:
+                    grp["colour"] = "black"
+                break
+        else:
+            groups.append({"xy": (x, y), "px": px, "texts": [text], "colour": colour})
+    marker_boxes = [_box(g["px"], 5) for g in groups]
+    placed: list = []
+    frame = ax.get_window_extent(renderer)
+    out = []
+    for grp in groups:
+        best = None
+        for scale in (1, 2, 3):
+            for dx, dy, ha, va in _OFFSETS:
+                t = ax.annotate(", ".join(grp["texts"]), grp["xy"], xytext=(dx * scale, dy * scale),
+                                textcoords="offset points", ha=ha, va=va, fontsize=fontsize, color=grp["colour"])
+                bb = t.get_window_extent(renderer)
+                crowd = sum(_overlap(bb, o) for o in placed + marker_boxes) + (0 if _inside(bb, frame) else 1e6)
+                if best is None or crowd < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (crowd, t, bb)
+                else:
+                    t.remove()
+                if crowd == 0:
+                    break
+            if best[0] == 0:
+                break
+        placed.append(best[2])
+        out.append(best[1])
+    return out
+
+
+def _box(px, r: float):
+    from matplotlib.transforms import Bbox
+
+    return Bbox.from_extents(px[0] - r, px[1] - r, px[0] + r, px[1] + r)
+
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _inside(a, frame) -> bool:
+    return a.x0 >= frame.x0 and a.x1 <= frame.x1 and a.y0 >= frame.y0 and a.y1 <= frame.y1
+
+
+def tradeoff_figure(result: dict, attack: str | None = None, title: str | None = None):
+    """CA against RA, one curve per width and λ_th, points labelled by λ_n (FLOAT Fig. 6); returns the figure."""
+    plt = pyplot()
     attack = attack or next(iter(result["attacks"]))
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.6, 4.8), dpi=120)
     groups: dict[tuple, list] = {}
     for r in result["rows"]:
         groups.setdefault((r["width"], r["lambda_th"]), []).append(r)
-    styles = {0.0: "o--", 0.5: "s-"}
-    for (w, th), rs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+    lines = {0.0: "--", 0.5: "-"}
+    labels, xs_all, ys_all = [], [], []
+    for i, ((w, th), rs) in enumerate(sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1]))):
         rs = sorted(rs, key=lambda r: r["lambda_n"])
         xs = [100 * r["clean_acc"] for r in rs]
         ys = [100 * r[f"{attack}_acc"] for r in rs]
-        ax.plot(xs, ys, styles.get(th, "^-"), label=f"width {w:g}, λ_th={th:g}")
-        for r, xv, yv in zip(rs, xs, ys, strict=False):
-            ax.annotate(f"{r['lambda_n']:g}", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        (line,) = ax.plot(xs, ys, "o" + lines.get(th, ":"), label=f"width {w:g}, λ_th={th:g}", **curve_style(i))
+        labels += [(x, y, f"{r['lambda_n']:g}", line.get_color()) for r, x, y in zip(rs, xs, ys, strict=True)]
+        xs_all += xs
+        ys_all += ys
+    set_span(ax, xs_all, ys_all)
     ax.set_xlabel("clean accuracy CA (%)")
     ax.set_ylabel(f"robust accuracy RA under {attack} (%)")
     ax.set_title(title or f"{result['method'].upper()} {result['arch']} on {result['dataset']} "
-                 f"({result['n_images']} test images)")
+                 f"({result['n_images']} test images; points labelled by λ_n)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.tight_layout()
+    place_labels(ax, labels)
+    return fig
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write a figure (laid out already) atomically and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def plot_tradeoff(result: dict, path: str | Path, attack: str | None = None, title: str | None = None) -> Path:
+    """The trade-off plot of `tradeoff_figure`, written to `path`."""
+    return save_png(tradeoff_figure(result, attack, title), path)
 
 
 def save_result(result: dict, out: str | Path) -> dict[str, Path]:
@@ -221,4 +359,5 @@ def load_result(path: str | Path) -> dict:
         raise EvalError(f"{path}: not a floatedge eval result ({exc})") from None
 
 
-__all__ = ["evaluate", "format_table", "save_result", "plot_tradeoff", "load_result", "EvalError", "TrainError"]
+__all__ = ["evaluate", "format_table", "save_result", "plot_tradeoff", "tradeoff_figure", "check_out_file", "load_result",
+           "EvalError", "TrainError"]

@@ -1,6 +1,13 @@
-"""One readable training loop: config → data → model → optimiser → epochs → checkpoint → resume.
+"""Training, top to bottom (after torchvision's references/classification/train.py):
 
-Methods differ in one place, `Objective.loss` (the loss of a batch at one width):
+    train(cfg, out)
+      ├─ resume_checks          what --out holds, and whether this request fits it
+      ├─ build                  data → model → optimiser → scheduler → objective (restored on resume)
+      └─ for each epoch
+           ├─ train_one_epoch        batches → the method's loss → one optimiser step each
+           └─ checkpoint_and_record  config.json, one log line, then the checkpoint (each atomically)
+
+Methods differ in one place, the loss of a batch at one width: `LOSSES`, a table of small functions.
 
 * ``float``  — FLOAT, Algorithm 1: first half of the batch clean at λ=0 (BN_C, s=0), second half
   PGD-7 at λ=1 (BN_A, s=1), loss 0.5·L_C + 0.5·L_A.
@@ -16,118 +23,43 @@ Methods differ in one place, `Objective.loss` (the loss of a batch at one width)
   attack with that width's subnetwork and accumulate the OAT loss; one optimiser step.
 
 Reproducibility: everything random in epoch e (order, augmentation, PGD starts, resampled noise,
-dropout) is seeded from (seed, e), so a run resumed from the checkpoint of epoch e−1 continues exactly.
-Distributed: under ``torchrun`` each rank takes a disjoint shard of the epoch order and the objective
-is wrapped in DistributedDataParallel; rank 0 writes checkpoints and logs.
+dropout) is seeded from (seed, e), so a run resumed from the checkpoint of epoch e−1 continues exactly;
+the checkpoint therefore holds no RNG state. Distributed: under ``torchrun`` each rank takes a disjoint
+shard of the epoch order and the objective is wrapped in DistributedDataParallel; rank 0 writes
+checkpoints and logs.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from floatedge import __version__
 from floatedge.fsutil import atomic_write, atomic_write_json, atomic_write_text, check_writable_dir
-from floatedge.oppoint import BN_ADV, BN_CLEAN, check_lambda, parse_widths
+from floatedge.oppoint import BN_ADV, BN_CLEAN
 
-from .attacks import EPS, STEP, pgd
-from .data import Dataset, augment_batch, epoch_order, load_dataset, to_float
-from .film import FILM_INITS, sample_lambdas
-from .layers import NOISE_MODES
-from .models import FloatModel, create_model, list_models
+from .attacks import pgd
+from .config import DEVICES, METHODS, SLIM_METHODS, TrainConfig, TrainError
+from .data import DataError, Dataset, augment_batch, epoch_order, load_dataset, to_float
+from .film import sample_lambdas
+from .models import FloatModel, create_model
 
-METHODS = ("float", "floats", "pgdat", "standard", "oat", "oats")
-SLIM_METHODS = ("floats", "oats")
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
+CONFIG_JSON = "config.json"
 CHECKPOINT_FORMAT = 1
-
-
-class TrainError(ValueError):
-    """A training request that cannot be carried out (bad flag, mismatched checkpoint, ...)."""
-
-
-@dataclass
-class TrainConfig:
-    method: str = "float"
-    arch: str = "resnet20"
-    dataset: str = "cifar10"
-    data: str | None = None
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    widths: tuple[float, ...] = (1.0,)
-    lam: float = 1.0  # PGD-AT's fixed λ
-    noise_mode: str = "fixed"
-    seed: int = 0
-    noise_seed: int | None = None
-    limit_train: int | None = None
-    pgd_steps: int = 7
-    eps: float = EPS
-    step_size: float = STEP
-    device: str = "auto"
-    amp: bool = True  # used on CUDA only
-    channels_last: bool = True
-    threads: int | None = None
-    film_dim: int = 128  # OAT's FiLM input: 128 = the reference's orthogonal encoding, 1 = scalar λ
-    film_init: str = "identity"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise TrainError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.arch not in list_models():
-            raise TrainError(f"unknown architecture {self.arch!r}; choose from {', '.join(list_models())}")
-        if self.noise_mode not in NOISE_MODES:
-            raise TrainError(f"unknown noise mode {self.noise_mode!r}; choose from {', '.join(NOISE_MODES)}")
-        try:
-            self.widths = parse_widths(self.widths)
-            self.lam = check_lambda(self.lam, "lambda")
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-        if self.method not in SLIM_METHODS and len(self.widths) > 1:
-            raise TrainError(f"method {self.method} trains one width; "
-                             f"use --method floats or oats for {list(self.widths)}")
-        if self.oat and not 1 <= self.film_dim <= 4096:
-            raise TrainError(f"FiLM input size must be in 1..4096, got {self.film_dim}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise TrainError("epochs must be ≥ 1 and batch size ≥ 2")
-        if (self.limit_train is not None and self.limit_train < 2) or self.pgd_steps < 0:
-            raise TrainError(f"limit_train must be ≥ 2 (got {self.limit_train}) "
-                             f"and pgd_steps ≥ 0 (got {self.pgd_steps})")
-        if self.film_init not in FILM_INITS:
-            raise TrainError(f"unknown FiLM init {self.film_init!r}; choose from {', '.join(FILM_INITS)}")
-        if self.noise_seed is None:
-            self.noise_seed = self.seed + 1
-
-    @property
-    def noisy(self) -> bool:
-        return self.method in ("float", "floats")
-
-    @property
-    def oat(self) -> bool:
-        return self.method in ("oat", "oats")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def build_model(cfg: TrainConfig, ds_meta: dict) -> FloatModel:
@@ -159,21 +91,82 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainError("--device cuda asked for, but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise TrainError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if name not in DEVICES:
+        raise TrainError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
     return torch.device(name)
 
 
-class Objective(nn.Module):
-    """The loss of a batch at one width: the only place the training methods differ.
 
-    Wrapped as one module so that DistributedDataParallel sees one forward per backward even though
-    FLOAT runs the network twice (clean and adversarial halves) and attacks it in between.
-    """
+# ---------------------------------------------------------------- the loss of a batch, per method
+Pair = tuple[torch.Tensor, torch.Tensor]  # (logits, labels) of one forward, for the training accuracies
+
+
+class BatchLoss(NamedTuple):
+    loss: torch.Tensor
+    clean: Pair | None
+    adv: Pair | None
+
+
+def standard_loss(o: Objective, x: torch.Tensor, y: torch.Tensor, width: float, g: torch.Generator) -> BatchLoss:
+    o.model.set_state(0.0, BN_CLEAN, width)
+    out = o.model(x)
+    return BatchLoss(F.cross_entropy(out, y), (out, y), None)
+
+
+def pgdat_loss(o: Objective, x: torch.Tensor, y: torch.Tensor, width: float, g: torch.Generator) -> BatchLoss:
+    """(1−λ)·CE(clean) + λ·CE(adv) on the whole batch (FLOAT Eq. 3); a term with weight 0 is not computed."""
+    lam = o.cfg.lam
+    if lam == 0.0:
+        return standard_loss(o, x, y, width, g)
+    o.model.set_state(0.0, BN_CLEAN, width)
+    out_a = o.model(o.attack(x, y, g))
+    if lam == 1.0:
+        return BatchLoss(F.cross_entropy(out_a, y), None, (out_a, y))
+    out_c = o.model(x)
+    return BatchLoss((1 - lam) * F.cross_entropy(out_c, y) + lam * F.cross_entropy(out_a, y), (out_c, y), (out_a, y))
+
+
+def float_loss(o: Objective, x: torch.Tensor, y: torch.Tensor, width: float, g: torch.Generator) -> BatchLoss:
+    """0.5·CE of the clean first half at (s=0, BN_C) + 0.5·CE of the attacked second half at (s=1, BN_A)."""
+    m, h = o.model, x.shape[0] // 2
+    m.set_state(0.0, BN_CLEAN, width)
+    out_c = m(x[:h])
+    m.set_state(1.0, BN_ADV, width)
+    out_a = m(o.attack(x[h:], y[h:], g))
+    loss = 0.5 * F.cross_entropy(out_c, y[:h]) + 0.5 * F.cross_entropy(out_a, y[h:])
+    return BatchLoss(loss, (out_c, y[:h]), (out_a, y[h:]))
+
+
+def oat_loss(o: Objective, x: torch.Tensor, y: torch.Tensor, width: float, g: torch.Generator) -> BatchLoss:
+    """mean over samples of (1−λ_i)·CE(clean_i) + λ_i·CE(adv_i); only the λ_i > 0 samples are attacked
+    (the reference's efficient=True). The zeros come first (`sample_lambdas`)."""
+    m, lam = o.model, o.oat_lambdas(x, g)
+    k = int((lam == 0).sum())
+    m.set_lambda(lam, width, n_clean=k)
+    out_c = m(x)
+    loss = ((1 - lam) * F.cross_entropy(out_c, y, reduction="none")).sum()
+    if k == x.shape[0]:
+        return BatchLoss(loss / x.shape[0], (out_c, y), None)
+    m.set_lambda(lam[k:], width, n_clean=0)
+    out_a = m(o.attack(x[k:], y[k:], g))
+    loss = loss + (lam[k:] * F.cross_entropy(out_a, y[k:], reduction="none")).sum()
+    return BatchLoss(loss / x.shape[0], (out_c, y), (out_a, y[k:]))
+
+
+LossFn = Callable[["Objective", torch.Tensor, torch.Tensor, float, torch.Generator], BatchLoss]
+LOSSES: dict[str, LossFn] = {"float": float_loss, "floats": float_loss, "pgdat": pgdat_loss,
+                             "standard": standard_loss, "oat": oat_loss, "oats": oat_loss}
+assert set(LOSSES) == set(METHODS)
+
+
+class Objective(nn.Module):
+    """The model, the method's loss and the training attack, as one module, so that DistributedDataParallel
+    sees one forward per backward even though FLOAT runs the network twice and attacks it in between."""
 
     def __init__(self, model: FloatModel, cfg: TrainConfig) -> None:
         super().__init__()
         self.model, self.cfg = model, cfg
+        self.loss_fn = LOSSES[cfg.method]
 
     def attack(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return pgd(self.model, x, y, self.cfg.eps, self.cfg.step_size, self.cfg.pgd_steps, generator=g)
@@ -185,41 +178,8 @@ class Objective(nn.Module):
             self._lam_batch, self._lam = x, sample_lambdas(x.shape[0], g).to(x.device)
         return self._lam
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, width: float, g: torch.Generator):
-        m, cfg = self.model, self.cfg
-        if cfg.oat:
-            lam = self.oat_lambdas(x, g)
-            k = int((lam == 0).sum())  # the zeros come first
-            m.set_lambda(lam, width, n_clean=k)
-            out_c = m(x)
-            loss = ((1 - lam) * F.cross_entropy(out_c, y, reduction="none")).sum()
-            out_a = None
-            if k < x.shape[0]:  # adversarial term only for λ > 0 (reference: efficient=True)
-                m.set_lambda(lam[k:], width, n_clean=0)
-                x_adv = self.attack(x[k:], y[k:], g)
-                out_a = m(x_adv)
-                loss = loss + (lam[k:] * F.cross_entropy(out_a, y[k:], reduction="none")).sum()
-            return loss / x.shape[0], (out_c, y), (None if out_a is None else (out_a, y[k:]))
-        if cfg.method in ("float", "floats"):
-            h = x.shape[0] // 2
-            m.set_state(0.0, BN_CLEAN, width)
-            out_c = m(x[:h])
-            m.set_state(1.0, BN_ADV, width)
-            x_adv = self.attack(x[h:], y[h:], g)
-            out_a = m(x_adv)
-            loss = 0.5 * F.cross_entropy(out_c, y[:h]) + 0.5 * F.cross_entropy(out_a, y[h:])
-            return loss, (out_c, y[:h]), (out_a, y[h:])
-        m.set_state(0.0, BN_CLEAN, width)
-        if cfg.method == "standard" or cfg.lam == 0.0:
-            out = m(x)
-            return F.cross_entropy(out, y), (out, y), None
-        x_adv = self.attack(x, y, g)
-        out_a = m(x_adv)
-        if cfg.lam == 1.0:
-            return F.cross_entropy(out_a, y), None, (out_a, y)
-        out_c = m(x)
-        loss = (1 - cfg.lam) * F.cross_entropy(out_c, y) + cfg.lam * F.cross_entropy(out_a, y)
-        return loss, (out_c, y), (out_a, y)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, width: float, g: torch.Generator) -> BatchLoss:
+        return self.loss_fn(self, x, y, width, g)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -253,8 +213,23 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
+# ---------------------------------------------------------------- checkpoints
 def save_checkpoint(run_dir: Path, state: dict) -> None:
     atomic_write(run_dir / CHECKPOINT, lambda f: torch.save(state, f))
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """What is wrong with a checkpoint torch.load refused, in words a user can act on."""
+    head = path.read_bytes()[:4] if path.is_file() else b""
+    size = path.stat().st_size if path.is_file() else 0
+    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
+        return (f"the file is cut short ({size} bytes, the end of its zip archive is missing): a copy or download "
+                f"that did not finish; checkpoints written by training are never left half-written")
+    if "GLOBAL" in str(exc):  # torch's weights-only unpickler met a class or function (torch 2.6+ wording)
+        return "it holds Python objects other than tensors and plain data, which floatedge refuses to unpickle"
+    if head[:2] != b"PK":
+        return f"the file is not a torch.save archive ({size} bytes that do not start like one)"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unknown error'}"
 
 
 def load_checkpoint(run_dir: str | Path) -> dict:
@@ -264,7 +239,7 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TrainError(f"{path}: not a readable floatedge checkpoint ({type(exc).__name__})") from None
+        raise TrainError(f"{path}: not a readable floatedge checkpoint: {_unreadable(path, exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainError(f"{path}: not a floatedge checkpoint of format {CHECKPOINT_FORMAT}")
     missing = [k for k, t in (("config", dict), ("dataset", dict), ("model", dict), ("epoch", int))
@@ -293,18 +268,27 @@ def _restore(run_dir: str | Path, cfg: TrainConfig, load: Callable[[], object]) 
                          f"{str(exc).splitlines()[0]}") from None
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def epochs_done(run_dir: str | Path) -> int:
+    """Epochs saved in a run directory's checkpoint (0 when there is none)."""
+    return int(load_checkpoint(run_dir)["epoch"]) if (Path(run_dir) / CHECKPOINT).exists() else 0
 
 
-def _accuracy(pair) -> tuple[int, int]:
-    if pair is None:
-        return 0, 0
-    out, y = pair
-    return int((out.argmax(1) == y).sum()), int(y.numel())
+# ---------------------------------------------------------------- train
+@dataclass
+class Run:
+    """Everything `build` makes and an epoch uses."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    ds: Dataset
+    meta: dict
+    model: FloatModel
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    objective: nn.Module
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    dist: Dist
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
@@ -312,37 +296,83 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     """Train `cfg` into run directory `out` (checkpoint.pt, config.json, log.jsonl); returns it.
 
     `until_epoch` stops after that epoch (the schedule still spans `cfg.epochs`), so several runs can be
-    trained interleaved, epoch by epoch, each resumed exactly (`floatedge compare` does this)."""
-    run_dir = Path(out)
+    trained interleaved, epoch by epoch, each resumed exactly (`floatedge compare` does this). With nothing
+    left to train (a finished run resumed), nothing is written. A new run that fails or is interrupted before
+    its first checkpoint leaves no run directory behind."""
+    run_dir, given_data = Path(out), cfg.data
     device = resolve_device(cfg.device)
     dist_info = init_distributed(device)
-    if dist_info.main:
-        try:
-            check_writable_dir(run_dir)
-        except OSError as exc:
-            raise TrainError(str(exc)) from None
+    cfg, ckpt = resume_checks(cfg, run_dir, resume)
+    start = int(ckpt["epoch"]) if ckpt else 0
+    stop = min(cfg.epochs, until_epoch or cfg.epochs)
+    if start >= stop:
+        return run_dir
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    with _new_run_dir(run_dir, create=dist_info.main and not resume):
+        ds = dataset if dataset is not None else load_run_data(cfg.dataset, cfg.data, recorded=resume and not given_data)
+        run = build(cfg, run_dir, ckpt, ds, device, dist_info)
+        for epoch in range(start, stop):
+            record = train_one_epoch(run, epoch, progress)
+            if dist_info.main:
+                checkpoint_and_record(run, epoch, record)
+    if dist_info.world > 1:
+        import torch.distributed as dist
 
-    start_epoch, ckpt = 0, None
-    if resume:
-        ckpt = load_checkpoint(run_dir)
-        saved = TrainConfig.from_dict(ckpt["config"])
-        ident = lambda c: (c.arch, c.method, c.widths, c.dataset)
-        if ident(saved) != ident(cfg):
-            raise TrainError(f"{run_dir}: checkpoint is {saved.method}/{saved.arch} widths {list(saved.widths)} "
-                             f"on {saved.dataset}, not {cfg.method}/{cfg.arch} widths {list(cfg.widths)} "
-                             f"on {cfg.dataset}")
-        # the data (set, subset) is the checkpoint's; only its location may be given anew
-        cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device, threads=cfg.threads,
-                                  data=cfg.data or saved.data)
-        start_epoch = int(ckpt["epoch"])
-        if cfg.epochs < start_epoch:
-            raise TrainError(f"{run_dir}: the checkpoint has {start_epoch} epochs, more than --epochs {cfg.epochs}")
-    elif (run_dir / CHECKPOINT).exists():
-        raise TrainError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        dist.barrier()
+    run.model.eval()
+    return run_dir
 
-    ds = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data)
+
+def resume_checks(cfg: TrainConfig, run_dir: Path, resume: bool) -> tuple[TrainConfig, dict | None]:
+    """The config to train with and the checkpoint to start from (None for a new run), or a TrainError saying
+    why --out does not fit this request. On resume the run's own settings win; only the epoch budget, the
+    device, the threads and the data location may be given anew."""
+    if not resume:
+        if (run_dir / CHECKPOINT).exists():
+            raise TrainError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        return cfg, None
+    ckpt = load_checkpoint(run_dir)
+    saved = TrainConfig.from_dict(ckpt["config"])
+    ident = lambda c: (c.arch, c.method, c.widths, c.dataset)
+    if ident(saved) != ident(cfg):
+        raise TrainError(f"{run_dir}: checkpoint is {saved.method}/{saved.arch} widths {list(saved.widths)} "
+                         f"on {saved.dataset}, not {cfg.method}/{cfg.arch} widths {list(cfg.widths)} "
+                         f"on {cfg.dataset}")
+    cfg = dataclasses.replace(saved, epochs=cfg.epochs, device=cfg.device, threads=cfg.threads,
+                              data=cfg.data or saved.data)
+    if cfg.epochs < int(ckpt["epoch"]):
+        raise TrainError(f"{run_dir}: the checkpoint has {ckpt['epoch']} epochs, more than --epochs {cfg.epochs}")
+    return cfg, ckpt
+
+
+@contextlib.contextmanager
+def _new_run_dir(run_dir: Path, create: bool) -> Iterator[None]:
+    """Create a new run's directory (proving it writable before any work); if the run then fails or is
+    interrupted before its first checkpoint, remove the files and directories it created."""
+    if not create:
+        yield
+        return
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
+    try:
+        check_writable_dir(run_dir)
+    except OSError as exc:
+        raise TrainError(str(exc)) from None
+    try:
+        yield
+    except BaseException:
+        if made and not (run_dir / CHECKPOINT).exists():
+            for name in (LOG, CONFIG_JSON):
+                (run_dir / name).unlink(missing_ok=True)
+            for p in made:
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+        raise
+
+
+def build(cfg: TrainConfig, run_dir: Path, ckpt: dict | None, ds: Dataset, device: torch.device,
+          dist_info: Dist) -> Run:
+    """The training subset, model, optimiser, scheduler and objective; restored from `ckpt` when resuming."""
     if cfg.limit_train:
         ds = ds.limit(train=cfg.limit_train, seed=cfg.seed)
     meta = dataset_meta(ds)
@@ -367,90 +397,104 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     if dist_info.world > 1:
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index or 0] if cuda else None, find_unused_parameters=True)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp)
+    if dist_info.main and ckpt is not None:
+        _truncate_log(run_dir / LOG, int(ckpt["epoch"]))
+    return Run(cfg, run_dir, ds, meta, model, opt, sched, objective,
+               torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp), device, dist_info)
 
-    if dist_info.main:
-        atomic_write_json(run_dir / "config.json", {"config": cfg.to_dict(), "dataset": meta, "version": __version__})
-        _truncate_log(run_dir / LOG, start_epoch)
 
-    n = len(ds.x_train)
-    local_batch = cfg.batch_size // dist_info.world
-    steps_per_epoch = max(1, n // cfg.batch_size)
-    for epoch in range(start_epoch, min(cfg.epochs, until_epoch or cfg.epochs)):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        g = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
-        order = epoch_order(n, cfg.seed, epoch)[dist_info.rank :: dist_info.world]
-        model.train()
-        t0 = time.perf_counter()
-        sums = {"loss": 0.0, "clean_correct": 0, "clean_n": 0, "adv_correct": 0, "adv_n": 0, "images": 0}
-        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and dist_info.main)
-        for step in range(steps_per_epoch):
-            idx = order[step * local_batch : (step + 1) * local_batch]
-            x = to_float(ds.x_train[idx])
-            if ds.augment:
-                x = augment_batch(x, g)
-            x, y = x.to(device), ds.y_train[idx].to(device)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if cfg.noise_mode == "resample" and cfg.noisy:
-                model.draw_noise(cfg.noise_seed * 1_000_003 + epoch * 10_007 + step + 1)
-            opt.zero_grad(set_to_none=True)
-            for w in model.widths:  # widest first; one width unless FLOATS
-                with torch.autocast(device.type, dtype=torch.float16, enabled=cuda and cfg.amp):
-                    loss, clean, adv = objective(x, y, w, g)
-                scaler.scale(loss).backward()
-                sums["loss"] += float(loss.detach()) / len(model.widths)
-                for key, pair in (("clean", clean), ("adv", adv)):
-                    c, k = _accuracy(pair)
-                    sums[f"{key}_correct"] += c
-                    sums[f"{key}_n"] += k
-            scaler.step(opt)
-            scaler.update()
-            sums["images"] += len(idx)
-            bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}")
-        bar.close()
-        sched.step()
-        if cfg.noise_mode == "resample" and cfg.noisy:
-            model.draw_noise(cfg.noise_seed)  # the recorded draw: what is evaluated and deployed
-        seconds = time.perf_counter() - t0
-        if dist_info.world > 1:
-            _sync_buffers(model)
-        if dist_info.main:
-            alphas = model.alphas()
-            record = {
-                "epoch": epoch + 1,
-                "loss": sums["loss"] / steps_per_epoch,
-                "train_clean_acc": sums["clean_correct"] / max(1, sums["clean_n"]),
-                "train_adv_acc": sums["adv_correct"] / max(1, sums["adv_n"]),
-                "lr": opt.param_groups[0]["lr"],
-                "alpha_mean": (sum(alphas.values()) / len(alphas)) if alphas else None,
-                "seconds": seconds,
-                "images_per_s": sums["images"] * dist_info.world / seconds,
-            }
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "version": __version__,
-                "config": cfg.to_dict(),
-                "dataset": meta,
-                "epoch": epoch + 1,
-                "finished": epoch + 1 == cfg.epochs,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": _rng_state(),
-                "noise_seed": cfg.noise_seed,
-            }
-            # log first: a kill between the two writes leaves a line that resume drops (_truncate_log)
-            with open(run_dir / LOG, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            save_checkpoint(run_dir, state)
-    if dist_info.world > 1:
-        import torch.distributed as dist
+def load_run_data(name: str, path: str | None, recorded: bool) -> Dataset:
+    """A run's data set. When `path` is the one the run recorded (no --data given) and it does not read — the data
+    moved, or the run came from another machine — the error says so and how to point elsewhere."""
+    try:
+        return load_dataset(name, path)
+    except DataError as exc:
+        if recorded and path:
+            raise DataError(f"{exc} (the data path this run recorded; give --data to read the data from elsewhere)") \
+                from None
+        raise
 
-        dist.barrier()
-    model.eval()
-    return run_dir
+
+def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict:
+    """One pass over this rank's shard of the epoch order; returns the epoch's log record."""
+    cfg, model, ds, device = run.cfg, run.model, run.ds, run.device
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    g = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
+    order = epoch_order(len(ds.x_train), cfg.seed, epoch)[run.dist.rank :: run.dist.world]
+    local_batch = cfg.batch_size // run.dist.world
+    steps = max(1, len(ds.x_train) // cfg.batch_size)
+    amp = device.type == "cuda" and cfg.amp
+    resample = cfg.noise_mode == "resample" and cfg.noisy
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum, images = 0.0, 0
+    counts = {"clean": [0, 0], "adv": [0, 0]}  # correct, seen
+    bar = progress_bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", progress and run.dist.main)
+    for step in range(steps):
+        idx = order[step * local_batch : (step + 1) * local_batch]
+        x = to_float(ds.x_train[idx])
+        if ds.augment:
+            x = augment_batch(x, g)
+        x, y = x.to(device), ds.y_train[idx].to(device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if resample:
+            model.draw_noise(cfg.noise_seed * 1_000_003 + epoch * 10_007 + step + 1)
+        run.opt.zero_grad(set_to_none=True)
+        for w in model.widths:  # widest first; one width unless FLOATS/OATS
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                out = run.objective(x, y, w, g)
+            run.scaler.scale(out.loss).backward()
+            loss_sum += float(out.loss.detach()) / len(model.widths)
+            for key, pair in (("clean", out.clean), ("adv", out.adv)):
+                if pair is not None:
+                    counts[key][0] += int((pair[0].argmax(1) == pair[1]).sum())
+                    counts[key][1] += int(pair[1].numel())
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        images += len(idx)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}")
+    bar.close()
+    run.sched.step()
+    if resample:
+        model.draw_noise(cfg.noise_seed)  # the recorded draw: what is evaluated and deployed
+    seconds = time.perf_counter() - t0
+    if run.dist.world > 1:
+        _sync_buffers(model)
+    alphas = model.alphas()
+    return {
+        "epoch": epoch + 1,
+        "loss": loss_sum / steps,
+        # None where the method measures no such images (standard: no attack; PGD-AT at λ=1: no clean pass)
+        "train_clean_acc": counts["clean"][0] / counts["clean"][1] if counts["clean"][1] else None,
+        "train_adv_acc": counts["adv"][0] / counts["adv"][1] if counts["adv"][1] else None,
+        "lr": run.opt.param_groups[0]["lr"],
+        "alpha_mean": (sum(alphas.values()) / len(alphas)) if alphas else None,
+        "seconds": seconds,
+        "images_per_s": images * run.dist.world / seconds,
+    }
+
+
+def checkpoint_and_record(run: Run, epoch: int, record: dict) -> None:
+    """config.json, the epoch's log line, then the checkpoint. The log goes first: a kill between the two
+    leaves a line that resume drops (`_truncate_log`), never a checkpoint without its line."""
+    cfg = run.cfg
+    atomic_write_json(run.run_dir / CONFIG_JSON, {"config": cfg.to_dict(), "dataset": run.meta, "version": __version__})
+    with open(run.run_dir / LOG, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    save_checkpoint(run.run_dir, {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "config": cfg.to_dict(),
+        "dataset": run.meta,
+        "epoch": epoch + 1,
+        "finished": epoch + 1 == cfg.epochs,
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "noise_seed": cfg.noise_seed,
+    })
 
 
 def _sync_buffers(model: nn.Module) -> None:
@@ -476,23 +520,9 @@ def _log_epoch(line: str) -> float:
         return float("inf")
 
 
-def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar when enabled (and tqdm is installed), else an object that ignores every call."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
-        except ImportError:  # pragma: no cover
-            pass
-    return _NullBar()
-
-
-class _NullBar:
-    def update(self, *_: Any) -> None: ...
-    def set_postfix(self, **_: Any) -> None: ...
-    def set_description(self, *_: Any) -> None: ...
-    def close(self) -> None: ...
+def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    """The progress bar every long loop shows (off when not `enabled`)."""
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not enabled)
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
@@ -500,3 +530,6 @@ def read_log(run_dir: str | Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
 
 
+__all__ = ["TrainConfig", "TrainError", "METHODS", "SLIM_METHODS", "LOSSES", "BatchLoss", "Objective", "train",
+           "resume_checks", "build", "train_one_epoch", "checkpoint_and_record", "load_checkpoint", "load_model",
+           "epochs_done", "read_log", "CHECKPOINT", "LOG"]
