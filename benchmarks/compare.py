@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from _results import CIFAR10, RESULTS, ROOT, machine, update_section
+from _results import CIFAR10, RESULTS, ROOT, machine, shown, shown_args, update_section
 
 from floatedge.train.compare import CompareConfig, compare
 
@@ -43,8 +43,8 @@ def main() -> None:
     report = open(summary["report"]).read()
     timing = summary["timing"]
     train_min = sum(sum(t["epoch_seconds"]) for t in timing.values()) / 60
-    extra = (f"\nWritten by `python benchmarks/compare.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`"
-             f" (output in `{args.out}`). Machine: {machine()}, 2 cores shared with other jobs. Training took "
+    extra = (f"\nWritten by `python benchmarks/compare.py{' ' + shown_args(sys.argv[1:]) if sys.argv[1:] else ''}`"
+             f" (output in `{shown(args.out)}`). Machine: {machine()}, 2 cores shared with other jobs. Training took "
              f"{train_min:.0f} min of epochs in all; this invocation {(time.perf_counter() - t0) / 60:.1f} min wall.\n")
     update_section(args.section, report + extra)
     print(report + extra)

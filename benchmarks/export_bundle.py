@@ -3,7 +3,7 @@
 same widths, and export time in docs/RESULTS.md (section `export-bundle`).
 
     python benchmarks/export_bundle.py                       # runs/bench_float_resnet20_fixed + its eval
-    python benchmarks/export_bundle.py --run /tmp/r20 --eval /tmp/r20_eval.json
+    python benchmarks/export_bundle.py --run runs/r20 --eval runs/r20/eval.json
 
 "Plain export" = the static form at λ_n = 0 (`floatedge.graph.static.plain_model`): the network with
 constant weights and one BN set, which is what exporting the architecture without FLOAT gives.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _results import FIGURES, ROOT, machine, update_section
+from _results import FIGURES, ROOT, machine, shown, update_section
 
 from floatedge.bundle import PARITY_TOL, VERIFY_LAMBDAS, open_bundle
 from floatedge.export.torch_export import export_bundle, finish, torch_reference, trace_width
@@ -107,9 +107,10 @@ def main() -> None:
     sizes = " · ".join(f"w={w:g}: {res.model_bytes[w] / 1e6:.2f} MB vs {res.plain_model_bytes[w] / 1e6:.2f} MB"
                        for w in widths)
     note = f"{args.note}\n" if args.note else ""
+    section = f" --section {args.section}" if args.section != "export-bundle" else ""
     body = f"""## {args.title}
 
-{note}Written by `benchmarks/export_bundle.py --run {run}{f" --eval {eval_file}" if eval_file else ""}`.
+{note}Written by `python benchmarks/export_bundle.py --run {shown(run)}{f" --eval {shown(eval_file)}" if eval_file else ""}{section}`.
 Run: `{m['method']}` `{m['architecture']}` on {m['provenance']['dataset']['name']}, epoch {m['provenance']['epoch']},
 widths {", ".join(f"{w:g}" for w in widths)}, λ_th = {bundle.lambda_th:g}, opset {m['models'][0]['opset']}.
 Machine: {machine()}; ONNX Runtime CPU, 1 thread; load average {load0:.1f} → {load1:.1f} (shared with training jobs,

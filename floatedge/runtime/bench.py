@@ -21,6 +21,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -310,8 +311,10 @@ def switch_under_load(bundle: str, backend: str = "auto", clients: int = 4, thre
 
 def format_table(res: dict[str, Any]) -> str:
     """The human-readable summary `floatedge bench` prints."""
+    here = Path.cwd().resolve()  # the bundle as a path from here when it is below here (docs/RESULTS.md shows this)
+    bundle = os.path.relpath(res["bundle"]) if Path(res["bundle"]).resolve().is_relative_to(here) else res["bundle"]
     lines = [f"{res['backend']} · mode {res['describe']['mode']} ({res['describe']['mode_choice'].get('how')}) · "
-             f"{res['bundle']}", "",
+             f"{bundle}", "",
              f"{'λ_n':>5} {'width':>5} {'batch':>5} {'p50 ms':>9} {'p99 ms':>9} {'img/s':>9} "
              f"{'plain p50':>10} {'ratio':>7}"]
     for r in res["latency"]:
