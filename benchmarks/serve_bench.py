@@ -17,6 +17,8 @@ section of docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -130,9 +132,9 @@ def load(make, clients: int, seconds: float, batch: int, warmup: int = 3) -> dic
 
 # ------------------------------------------------------------------------------------------ servers
 def start_kserve(onnx: Path, workdir: Path) -> tuple[subprocess.Popen, str, str] | str:
-    try:
-        import kserve  # noqa: F401
-    except ImportError:
+    # never imported here: kserve's generated protobuf modules and tritonclient's both register `inference.*` in
+    # protobuf's default pool, so one process cannot hold both (floatedge keeps its own in a private pool)
+    if importlib.util.find_spec("kserve") is None:
         proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "kserve"], capture_output=True, text=True)
         if proc.returncode != 0:
             return f"pip install kserve failed: {proc.stderr.strip().splitlines()[-1:]}"
@@ -249,9 +251,7 @@ def main() -> None:
             proc, hurl, gurl = ks
             try:
                 res["kserve"] = sweep(hurl, gurl, x1, x8, args.seconds)
-                import kserve
-
-                res["kserve"]["version"] = kserve.__version__ if hasattr(kserve, "__version__") else "?"
+                res["kserve"]["version"] = importlib.metadata.version("kserve")
             finally:
                 stop_proc(proc)
     res["machine"]["loadavg_after"] = os.getloadavg()
