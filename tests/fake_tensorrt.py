@@ -1,25 +1,54 @@
 """A stand-in for the `tensorrt` module and a CUDA binding, for exercising the TensorRT *runner's* own logic
-(engine cache files, two refittable engines per width, refit of the standby engine, generation checks,
-one shared activation buffer, buffers and addresses) where no GPU exists.
+(engine cache files, two refittable engines per width, refit of the standby engine, generation checks, one
+shared activation buffer, buffers and addresses) where no GPU exists.
 
-It is not TensorRT: an "engine" is an ONNX Runtime session of the ONNX it was built from, "device memory"
-is a dict of byte arrays, and a refit swaps initializers. It implements only the calls the runner makes,
-with the names and signatures of TensorRT's Python API (`python/src/infer/pyCore.cpp`), and it checks
-the preconditions TensorRT documents and the runner must honour: a context created without device memory
-must be given enough before it executes; tensor addresses and input shapes must be set; a refitter needs
-a refittable engine; nothing runs on an engine while it is being refitted.
+It is not TensorRT: an "engine" is an ONNX Runtime session of the network as TensorRT's ONNX parser imports it,
+"device memory" is a dict of byte arrays, and a refit swaps initializers. What it is *allowed* to offer comes from
+the real bindings of the version asked for (`trt_surface.json`, read from their pybind11 docstrings by
+`trt_bindings.py`; the conformance test checks that snapshot against the live bindings): a name that version
+lacks raises AttributeError, a call that binds to none of its real signatures (positional count, keyword names,
+argument types) raises TypeError, a read-only property cannot be assigned. Every use is recorded, so the
+conformance test can replay exactly what the runner did against the real module.
+
+Its behaviour follows what TensorRT documents and the runner must honour:
+* the parser folds a BatchNormalization whose parameters are initializers into a Scale layer (onnx-tensorrt
+  `builtin_op_importers.cpp`: combinedScale = scale / sqrt(var + eps), combinedBias = bias − mean·combinedScale,
+  weights named like `tmp_weight_N`, the layer named after the node); the BN initializers are gone from the
+  engine, so a refit must hand the folded values (by layer and role SCALE/SHIFT, or through the 10.x parser
+  refitter, which redoes the import);
+* a convolution and the Scale layer it feeds are one fused group: setting part of it leaves the rest in
+  `get_missing_weights()`, and `refit_cuda_engine()` fails until it is supplied (NvInferRuntime.h, getMissing);
+* refit weights must have the engine's count and type ("same count and type", edge.md §1.1); a setter returns
+  False for a name it does not know or weights that do not fit, as TensorRT does;
+* a context created without device memory must be given enough before it executes; tensor addresses and input
+  shapes must be set; IO buffers are read and written in the engine's own IO types; nothing runs on an engine
+  while it is being refitted.
 """
 from __future__ import annotations
 
+import base64
 import itertools
-import pickle
+import json
 import threading
 import types
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
+from trt_bindings import load_snapshot, member_of, use_problem
+
+_SNAPSHOT: dict[str, dict] | None = None
+
+
+def surface_of(version: str) -> dict:
+    global _SNAPSHOT
+    if _SNAPSHOT is None:
+        _SNAPSHOT = load_snapshot()
+    if version not in _SNAPSHOT:
+        raise KeyError(f"no real surface of TensorRT {version} in trt_surface.json (have {', '.join(_SNAPSHOT)})")
+    return _SNAPSHOT[version]
 
 
 class FakeCuda:
@@ -69,80 +98,355 @@ class FakeCuda:
         pass
 
 
+# ------------------------------------------------------------------------------------------ conformance layer
+class FakeEnumMember:
+    """A member of a real enum (its name and value from the bindings); str() as pybind11 prints it."""
+
+    __slots__ = ("enum", "name", "value")
+
+    def __init__(self, enum: str, name: str, value: int) -> None:
+        self.enum, self.name, self.value = enum, name, value
+
+    def __index__(self) -> int:
+        return self.value
+
+    __int__ = __index__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FakeEnumMember) and (other.enum, other.name) == (self.enum, self.name)
+
+    def __hash__(self) -> int:
+        return hash((self.enum, self.name))
+
+    def __str__(self) -> str:
+        return f"{self.enum.rsplit('.', 1)[-1]}.{self.name}"
+
+    __repr__ = __str__
+
+
+def describe(value: Any) -> str:
+    """How a recorded argument is described to `trt_bindings.bind` (kind, and class for objects and enums)."""
+    if isinstance(value, _Proxy):
+        return f"obj:{object.__getattribute__(value, '_cls')}"
+    if isinstance(value, FakeEnumMember):
+        return f"enum:{value.enum}"
+    for kind, types_ in (("bool", (bool, np.bool_)), ("int", (int, np.integer)), ("float", (float, np.floating)),
+                         ("str", (str,)), ("bytes", (bytes, bytearray, memoryview)), ("ndarray", (np.ndarray,)),
+                         ("tuple", (tuple,)), ("list", (list,))):
+        if isinstance(value, types_):
+            return kind
+    return "None" if value is None else f"other:{type(value).__name__}"
+
+
+class _Api:
+    """One fake module's checks and record."""
+
+    def __init__(self, version: str, surface: dict) -> None:
+        self.version, self.surface = version, surface
+        self.record: dict[str, dict] = {}
+
+    def use(self, owner: str, member: str, op: str, args: tuple = (), kwargs: dict | None = None) -> None:
+        use = {"owner": owner, "member": member, "op": op, "args": [describe(a) for a in args],
+               "kwargs": {k: describe(v) for k, v in (kwargs or {}).items()}}
+        self.record.setdefault(json.dumps(use, sort_keys=True), use)
+        problem = use_problem(self.surface, use)
+        if problem:
+            kind, message = problem
+            raise {"missing": AttributeError, "call": TypeError}.get(kind, AttributeError)(message)
+
+    def wrap(self, value: Any) -> Any:
+        if isinstance(value, _Impl):
+            return _Proxy(self, value.REAL, value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.wrap(v) for v in value)
+        return value
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, _Proxy):
+        return object.__getattribute__(value, "_impl")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unwrap(v) for v in value)
+    return value
+
+
+def impl_of(value: Any) -> Any:
+    """The behaviour behind an object the runner holds, for a test to inspect without it being recorded."""
+    return _unwrap(value)
+
+
+def _behaviour(impl: Any, cls: str, name: str) -> Any:
+    try:
+        return getattr(impl, name)
+    except AttributeError:
+        raise NotImplementedError(f"fake_tensorrt implements no behaviour for {cls}.{name}") from None
+
+
+class _Proxy:
+    """An object of a real TensorRT class: only what that class offers in this version, calls checked."""
+
+    __slots__ = ("_api", "_cls", "_impl")
+
+    def __init__(self, api: _Api, cls: str, impl: Any) -> None:
+        object.__setattr__(self, "_api", api)
+        object.__setattr__(self, "_cls", cls)
+        object.__setattr__(self, "_impl", impl)
+
+    def __getattr__(self, name: str) -> Any:
+        api, cls, impl = (object.__getattribute__(self, a) for a in ("_api", "_cls", "_impl"))
+        info = member_of(api.surface, cls, name)
+        if info is None or info["kind"] not in ("method", "static"):
+            api.use(cls, name, "get")
+            return api.wrap(_behaviour(impl, cls, name))
+        method = _behaviour(impl, cls, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            api.use(cls, name, "call", args, kwargs)
+            return api.wrap(method(*_unwrap(args), **_unwrap(kwargs)))
+
+        return call
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        api, cls, impl = (object.__getattribute__(self, a) for a in ("_api", "_cls", "_impl"))
+        api.use(cls, name, "set", (value,))
+        setattr(impl, name, _unwrap(value))
+
+    def __bytes__(self) -> bytes:  # IHostMemory is a buffer (pyCore.cpp, py::buffer_protocol)
+        return bytes(object.__getattribute__(self, "_impl"))
+
+
+class _Enum:
+    def __init__(self, api: _Api, qual: str) -> None:
+        self._api, self._qual = api, qual
+
+    def __getattr__(self, name: str) -> FakeEnumMember:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self._api.use(self._qual, name, "get")
+        return FakeEnumMember(self._qual, name, self._api.surface["enums"][self._qual][name])
+
+    @property
+    def __members__(self) -> dict[str, FakeEnumMember]:
+        return {n: FakeEnumMember(self._qual, n, v) for n, v in self._api.surface["enums"][self._qual].items()}
+
+
+class _Class:
+    """A real class as the module offers it: construct it (checked against its __init__), read its class-level
+    values (Logger.WARNING) and nested enums."""
+
+    def __init__(self, api: _Api, name: str, impl: type | None) -> None:
+        self._api, self._name, self._impl = api, name, impl
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Proxy:
+        self._api.use("", self._name, "call", args, kwargs)
+        if self._impl is None:
+            raise NotImplementedError(f"fake_tensorrt implements no behaviour for tensorrt.{self._name}")
+        return self._api.wrap(self._impl(*_unwrap(args), **_unwrap(kwargs)))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self._api.use(self._name, name, "get")
+        info = member_of(self._api.surface, self._name, name)
+        enums = self._api.surface["enums"]
+        if info["kind"] == "value" and info["type"] in enums:
+            return FakeEnumMember(info["type"], name, enums[info["type"]][name])
+        if info["kind"] == "class" and info["type"] in enums:
+            return _Enum(self._api, info["type"])
+        raise NotImplementedError(f"fake_tensorrt implements no behaviour for tensorrt.{self._name}.{name}")
+
+
+class _Module(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        api: _Api = self.__dict__["api"]
+        api.use("", name, "get")
+        kind = api.surface["module"][name]
+        if kind == "enum":
+            return _Enum(api, name)
+        if kind == "class":
+            return _Class(api, name, self.__dict__["impls"].get(name))
+        raise NotImplementedError(f"fake_tensorrt implements no behaviour for tensorrt.{name}")
+
+
+# ------------------------------------------------------------------------------------------ the parser's import
+class _Imported:
+    """A network as TensorRT's ONNX parser builds it from a model: the graph ONNX Runtime runs, the named
+    weights in TensorRT's own shapes, (layer, role) → weight name, and the fused groups."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        consumers: dict[str, int] = {}
+        for node in g.node:
+            for i in node.input:
+                consumers[i] = consumers.get(i, 0) + 1
+        producer = {o: node for node in g.node for o in node.output}
+        self.layers: dict[tuple[str, str], str] = {}
+        self.groups: list[set[str]] = []
+        self.graph_shape: dict[str, tuple[int, ...]] = {}
+        nodes, weights, tmp = [], {}, itertools.count()
+        for node in g.node:
+            params = list(node.input[1:5])
+            if node.op_type == "BatchNormalization" and len(params) == 4 and all(p in inits for p in params):
+                gamma, beta, mean, var = (inits[p].astype(np.float32) for p in params)
+                eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+                scale = gamma / np.sqrt(var + np.float32(eps))
+                shift = beta - mean * scale
+                dtype = inits[params[0]].dtype
+                s_name, b_name = f"tmp_weight_{next(tmp)}", f"tmp_weight_{next(tmp)}"
+                weights[s_name], weights[b_name] = scale.astype(dtype), shift.astype(dtype)
+                self.graph_shape[s_name] = self.graph_shape[b_name] = (-1, 1, 1)
+                self.layers[(node.name, "SCALE")], self.layers[(node.name, "SHIFT")] = s_name, b_name
+                mid = f"{node.output[0]}__scaled"
+                nodes += [helper.make_node("Mul", [node.input[0], s_name], [mid], name=f"{node.name}/scale"),
+                          helper.make_node("Add", [mid, b_name], [node.output[0]], name=f"{node.name}/shift")]
+                group = {s_name, b_name}
+                conv = producer.get(node.input[0])
+                if conv is not None and conv.op_type == "Conv" and consumers.get(node.input[0]) == 1:
+                    group |= {n for n in conv.input[1:] if n in inits}
+                self.groups.append(group)
+                for p in params:
+                    consumers[p] -= 1
+                continue
+            if node.op_type == "Conv":
+                for name, role in zip(node.input[1:], ("KERNEL", "BIAS"), strict=False):
+                    if name in inits:
+                        self.layers[(node.name, role)] = name
+            nodes.append(node)
+        for name, arr in inits.items():
+            if consumers.get(name, 0) > 0:
+                weights[name] = arr
+        self.weights = weights
+        self.model = helper.make_model(
+            helper.make_graph(nodes, g.name, list(g.input), list(g.output)),
+            opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+    def session(self, weights: dict[str, np.ndarray]) -> ort.InferenceSession:
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        model.graph.initializer.extend(numpy_helper.from_array(w.reshape(self.graph_shape.get(n, w.shape)), n)
+                                       for n, w in weights.items())
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+# ------------------------------------------------------------------------------------------ behaviours
+class _Impl:
+    REAL = ""
+
+
 def make_tensorrt(version: str, cuda: FakeCuda) -> types.ModuleType:
-    """A module object named `tensorrt` of the given version, whose engines run on `cuda`'s memory."""
-    trt = types.ModuleType("tensorrt")
+    """A module object named `tensorrt` with the surface of the real bindings of `version` (one of
+    trt_bindings.VERSIONS), whose engines run on `cuda`'s memory. `module.api.record` holds every use."""
+    surface = surface_of(version)
+    trt = _Module("tensorrt")
     trt.__version__ = version
-    v10 = int(version.split(".")[0]) >= 10
-    v101 = tuple(int(x) for x in version.split(".")[:2]) >= (10, 1)
-    trt.built = []  # (kind flags) of every engine built, for the tests
-    trt.refits = []
+    trt.built = []  # sorted flags of every engine built, for the tests
+    trt.refits = []  # sorted names of the weights of every refit
+    api = _Api(version, surface)
+    trt.api = api
 
-    class Logger:
-        WARNING = 2
+    class Logger(_Impl):
+        REAL = "Logger"
 
-        def __init__(self, level=None) -> None:
-            self.level = level
+        def __init__(self, min_severity=None) -> None:
+            self.min_severity = min_severity
 
-    trt.Logger = Logger
-    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", REFIT="REFIT")
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.WeightsRole = types.SimpleNamespace(SCALE="SCALE", SHIFT="SHIFT", KERNEL="KERNEL")
-    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(STATIC=0, USER_MANAGED=2)
+    class HostMemory(_Impl):
+        REAL = "IHostMemory"
 
-    class Network:
-        onnx: bytes = b""
+        def __init__(self, data: bytes) -> None:
+            self.data = data
 
-    class Parser:
-        num_errors = 0
+        def __bytes__(self) -> bytes:
+            return self.data
+
+        @property
+        def nbytes(self) -> int:
+            return len(self.data)
+
+    class Network(_Impl):
+        REAL = "INetworkDefinition"
+
+        def __init__(self, flags: int) -> None:
+            self.flags, self.onnx = flags, b""
+
+    class OnnxParser(_Impl):
+        REAL = "OnnxParser"
 
         def __init__(self, network, logger) -> None:
-            self.network = network
+            self.network, self.errors = network, []
 
-        def parse(self, data: bytes) -> bool:
-            onnx.load_from_string(data)
-            self.network.onnx = data
+        def parse(self, model, path=None) -> bool:
+            try:
+                onnx.load_from_string(bytes(model))
+            except Exception as exc:  # noqa: BLE001 - the parser reports, it does not raise
+                self.errors.append(f"ModelImporter: failed to parse the ONNX model ({type(exc).__name__})")
+                return False
+            self.network.onnx = bytes(model)
             return True
 
-    class TimingCache:
-        def serialize(self) -> bytes:
-            return b"timing"
+        @property
+        def num_errors(self) -> int:
+            return len(self.errors)
 
-    class Config:
+        def get_error(self, index):
+            return self.errors[index]
+
+    class TimingCache(_Impl):
+        REAL = "ITimingCache"
+
+        def __init__(self, data: bytes) -> None:
+            self.data = bytes(data) or b"timing"
+
+        def serialize(self):
+            return HostMemory(self.data)
+
+    class Config(_Impl):
+        REAL = "IBuilderConfig"
+
         def __init__(self) -> None:
-            self.flags, self.profiles, self.cache = set(), [], None
+            self.flags, self.profiles, self.cache, self.pools = set(), [], None, {}
 
-        def set_memory_pool_limit(self, pool, size) -> None:
-            assert pool == "WORKSPACE" and size > 0
+        def set_memory_pool_limit(self, pool, pool_size) -> None:
+            self.pools[pool.name] = int(pool_size)
 
         def set_flag(self, flag) -> None:
-            self.flags.add(flag)
+            self.flags.add(flag.name)
 
-        def add_optimization_profile(self, profile) -> None:
+        def add_optimization_profile(self, profile) -> int:
             assert not self.profiles or "REFIT" not in self.flags, "refittable engines allow one profile"
             self.profiles.append(profile)
+            return len(self.profiles) - 1
 
-        def create_timing_cache(self, data: bytes):
-            return TimingCache()
+        def create_timing_cache(self, serialized_timing_cache):
+            return TimingCache(serialized_timing_cache)
 
-        def set_timing_cache(self, cache, ignore_mismatch) -> None:
+        def set_timing_cache(self, cache, ignore_mismatch) -> bool:
             self.cache = cache
+            return True
 
         def get_timing_cache(self):
             return self.cache
 
-    class Profile:
-        def set_shape(self, name, lo, opt, hi) -> None:
-            assert lo[0] <= opt[0] <= hi[0]
-            self.shape = (name, lo, opt, hi)
+    class Profile(_Impl):
+        REAL = "IOptimizationProfile"
 
-    class Builder:
+        def set_shape(self, input, min, opt, max) -> None:  # noqa: A002 - TensorRT's keyword names
+            assert len(min) == len(opt) == len(max) and min[0] <= opt[0] <= max[0]
+            self.shape = (input, tuple(min), tuple(opt), tuple(max))
+
+    class Builder(_Impl):
+        REAL = "Builder"
+
         def __init__(self, logger) -> None:
             pass
 
         def create_network(self, flags=0):
-            return Network()
+            return Network(int(flags))
 
         def create_builder_config(self):
             return Config()
@@ -150,30 +454,30 @@ def make_tensorrt(version: str, cuda: FakeCuda) -> types.ModuleType:
         def create_optimization_profile(self):
             return Profile()
 
-        def build_serialized_network(self, network, config) -> bytes:
+        def build_serialized_network(self, network, config):
             assert config.profiles, "no optimization profile"
+            assert config.pools.get("WORKSPACE", 1) > 0
             trt.built.append(sorted(config.flags))
-            return pickle.dumps({"onnx": network.onnx, "refit": "REFIT" in config.flags,
-                                 "max_batch": config.profiles[0].shape[3][0]})
+            plan = {"onnx": base64.b64encode(network.onnx).decode(), "refit": "REFIT" in config.flags,
+                    "max_batch": config.profiles[0].shape[3][0]}
+            return HostMemory(b"FAKEPLAN" + json.dumps(plan).encode())
 
-    class Engine:
+    class Engine(_Impl):
+        REAL = "ICudaEngine"
+
         def __init__(self, plan: bytes) -> None:
-            d = pickle.loads(plan)
-            self.model = onnx.load_from_string(d["onnx"])
+            if not plan.startswith(b"FAKEPLAN"):
+                raise ValueError("not a plan of this stand-in")
+            d = json.loads(plan[len(b"FAKEPLAN"):])
+            self.net = _Imported(onnx.load_from_string(base64.b64decode(d["onnx"])))
             self.refittable, self.max_batch = d["refit"], d["max_batch"]
-            self.weights = {t.name: numpy_helper.to_array(t) for t in self.model.graph.initializer}
+            self.weights = dict(self.net.weights)
             self.lock = threading.Lock()  # held while refitting and while executing
             self._session()
 
         def _session(self) -> None:
-            model = onnx.ModelProto()
-            model.CopyFrom(self.model)
-            for t in model.graph.initializer:
-                t.CopyFrom(numpy_helper.from_array(self.weights[t.name], t.name))
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = 1
-            self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            self.inputs = [i.name for i in self.session.get_inputs()]
+            self.session = self.net.session(self.weights)
+            self.io = {t.name: t.type for t in (*self.session.get_inputs(), *self.session.get_outputs())}
 
         @property
         def device_memory_size(self) -> int:
@@ -181,17 +485,16 @@ def make_tensorrt(version: str, cuda: FakeCuda) -> types.ModuleType:
 
         device_memory_size_v2 = device_memory_size
 
-        def create_execution_context(self, strategy=0):
-            assert v10, "create_execution_context(strategy) is TensorRT 10"
-            return Context(self, with_memory=strategy != trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        def create_execution_context(self, strategy=None):
+            user = strategy is not None and strategy.name == "USER_MANAGED"
+            return Context(self, with_memory=not user)
 
         def create_execution_context_without_device_memory(self):
             return Context(self, with_memory=False)
 
-    if not v101:
-        del Engine.device_memory_size_v2
+    class Context(_Impl):
+        REAL = "IExecutionContext"
 
-    class Context:
         def __init__(self, engine: Engine, with_memory: bool) -> None:
             self.engine, self.addresses, self.shapes = engine, {}, {}
             self.memory = (None, 10**12) if with_memory else None
@@ -200,20 +503,25 @@ def make_tensorrt(version: str, cuda: FakeCuda) -> types.ModuleType:
             assert ptr in cuda.mem and len(cuda.mem[ptr]) >= size
             self.memory = (ptr, size)
 
-        if v101:
-            def set_device_memory(self, memory: int, size: int) -> None:
-                self._set_memory(memory, size)
-        else:
-            device_memory = property(None, lambda self, ptr: self._set_memory(ptr, len(cuda.mem[ptr])))
+        def set_device_memory(self, memory, size) -> None:
+            self._set_memory(memory, size)
 
-        def set_tensor_address(self, name: str, ptr: int) -> None:
-            self.addresses[name] = ptr
+        device_memory = property(None, lambda self, ptr: self._set_memory(ptr, len(cuda.mem[ptr])))
 
-        def set_input_shape(self, name: str, shape) -> bool:
+        def set_tensor_address(self, name, memory) -> bool:
+            self.addresses[name] = memory
+            return True
+
+        def set_input_shape(self, name, shape) -> bool:
             self.shapes[name] = tuple(shape)
             return True
 
-        def execute_async_v3(self, stream_handle: int) -> bool:
+        def _read(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+            dtype = np.float16 if self.engine.io[name] == "tensor(float16)" else np.float32
+            n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            return np.frombuffer(bytes(cuda.mem[self.addresses[name]][:n]), dtype).reshape(shape)
+
+        def execute_async_v3(self, stream_handle) -> bool:
             e = self.engine
             assert self.memory is not None, "context has no device memory"
             ptr, size = self.memory
@@ -222,82 +530,102 @@ def make_tensorrt(version: str, cuda: FakeCuda) -> types.ModuleType:
             try:
                 shape = self.shapes["images"]
                 assert shape[0] <= e.max_batch
-                n = int(np.prod(shape))
-                images = np.frombuffer(bytes(cuda.mem[self.addresses["images"]][: 4 * n]), np.float32).reshape(shape)
-                feed = {"images": images}
-                if "lambda_n" in e.inputs:
-                    feed["lambda_n"] = np.frombuffer(bytes(cuda.mem[self.addresses["lambda_n"]][:4]), np.float32)[0]
-                    feed["lambda_n"] = np.array(feed["lambda_n"], np.float32)
-                out = e.session.run(["logits"], feed)[0].astype(np.float32)
-                cuda.mem[self.addresses["logits"]][: out.nbytes] = out.tobytes()
+                feed = {"images": self._read("images", shape)}
+                if "lambda_n" in e.io:
+                    feed["lambda_n"] = self._read("lambda_n", ())
+                out = e.session.run(["logits"], feed)[0]
+                cuda.mem[self.addresses["logits"]][: out.nbytes] = out.tobytes()  # in the engine's output type
             finally:
                 e.lock.release()
             return True
 
-    class Runtime:
+    class Runtime(_Impl):
+        REAL = "Runtime"
+
         def __init__(self, logger) -> None:
             pass
 
-        def deserialize_cuda_engine(self, plan: bytes):
+        def deserialize_cuda_engine(self, serialized_engine):
             try:
-                return Engine(plan)
+                return Engine(bytes(serialized_engine))
             except Exception:  # noqa: BLE001 - TensorRT returns None for a plan it cannot read
                 return None
 
-    class Refitter:
-        def __init__(self, engine: Engine, logger) -> None:
-            assert engine.refittable, "engine was not built refittable"
+    class Refitter(_Impl):
+        REAL = "Refitter"
+
+        def __init__(self, engine, logger) -> None:
+            if not engine.refittable:
+                raise RuntimeError("engine was not built refittable")  # IRefitter: createInferRefitter fails
             self.engine, self.staged = engine, {}
+            self.by_layer = engine.net.layers
 
         def get_all_weights(self) -> list[str]:
             return sorted(self.engine.weights)
 
-        def get_all(self):
-            return [], []
+        def _roles(self, pairs) -> tuple[list[str], list[FakeEnumMember]]:
+            roles = surface["enums"]["WeightsRole"]
+            return [layer for layer, _ in pairs], [FakeEnumMember("WeightsRole", r, roles[r]) for _, r in pairs]
 
-        def get_missing(self):
-            return [], []
+        def get_all(self):
+            return self._roles(sorted(self.by_layer))
 
         def get_missing_weights(self) -> list[str]:
-            return []
+            missing = set()
+            for group in self.engine.net.groups:
+                if group & set(self.staged):
+                    missing |= group - set(self.staged)
+            return sorted(missing)
 
-        def set_named_weights(self, name: str, weights) -> bool:
-            assert name in self.engine.weights, name
+        def get_missing(self):
+            missing = set(self.get_missing_weights())
+            return self._roles(sorted(k for k, n in self.by_layer.items() if n in missing))
+
+        def set_named_weights(self, name, weights, location=None) -> bool:
+            old = self.engine.weights.get(name)
             w = np.asarray(weights)
-            assert w.shape == self.engine.weights[name].shape, name
-            self.staged[name] = w.copy()
+            if old is None or w.size != old.size or w.dtype != old.dtype:  # TensorRT logs an error, returns false
+                return False
+            self.staged[name] = w.reshape(old.shape).copy()
             return True
 
-        def set_weights(self, layer, role, weights) -> bool:
-            raise AssertionError("no layer weights in this stand-in")
+        def set_weights(self, layer_name, role, weights) -> bool:
+            name = self.by_layer.get((layer_name, role.name))
+            return name is not None and self.set_named_weights(name, weights)
 
-        def _refit(self) -> bool:
+        def refit_cuda_engine(self) -> bool:
+            if self.get_missing_weights():
+                return False
             with self.engine.lock:
                 self.engine.weights.update(self.staged)
                 self.engine._session()
             trt.refits.append(sorted(self.staged))
             return True
 
-        def refit_cuda_engine(self) -> bool:
-            return self._refit()
+        def refit_cuda_engine_async(self, stream_handle) -> bool:
+            return self.refit_cuda_engine()
 
-        if v10:
-            def refit_cuda_engine_async(self, stream: int) -> bool:
-                return self._refit()
+    class OnnxParserRefitter(_Impl):
+        REAL = "OnnxParserRefitter"
 
-    class OnnxParserRefitter:
-        num_errors = 0
+        def __init__(self, refitter, logger) -> None:
+            self.refitter, self.errors = refitter, []
 
-        def __init__(self, refitter: Refitter, logger) -> None:
-            self.refitter = refitter
+        def refit_from_bytes(self, model, path=None) -> bool:
+            net = _Imported(onnx.load_from_string(bytes(model)))  # the parser redoes its import, folds included
+            for name, arr in net.weights.items():
+                if name in self.refitter.engine.weights and not self.refitter.set_named_weights(name, arr):
+                    self.errors.append(f"weights {name!r} do not match the engine's")
+            return not self.errors
 
-        def refit_from_bytes(self, data: bytes) -> bool:
-            for t in onnx.load_from_string(data).graph.initializer:
-                if t.name in self.refitter.engine.weights:
-                    self.refitter.set_named_weights(t.name, numpy_helper.to_array(t))
-            return True
+        @property
+        def num_errors(self) -> int:
+            return len(self.errors)
 
-    trt.Builder, trt.OnnxParser, trt.Runtime, trt.Refitter = Builder, Parser, Runtime, Refitter
-    if v10:
-        trt.OnnxParserRefitter = OnnxParserRefitter
+        def get_error(self, index):
+            return self.errors[index]
+
+    trt.impls = {c.REAL: c for c in (Logger, Builder, OnnxParser, Runtime, Refitter, OnnxParserRefitter)}
+    trt.behaviours = [Logger, HostMemory, Network, OnnxParser, TimingCache, Config, Profile, Builder, Engine, Context,
+                      Runtime, Refitter, OnnxParserRefitter]
     return trt

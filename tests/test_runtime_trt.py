@@ -4,11 +4,14 @@ Runtime; the engine tests need TensorRT and a GPU and skip with the reason other
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_tensorrt import impl_of
 from onnx import TensorProto, helper, numpy_helper
+from trt_bindings import VERSIONS
 
 from floatedge.bundle import PARITY_TOL, open_bundle
 from floatedge.export.torch_export import export_bundle
@@ -217,7 +220,7 @@ def test_trt_parity_and_refit(trt_runtime, bundle):
 # ------------------------------------------------------------------------------------------ runner logic
 # The runner's own bookkeeping, against a stand-in TensorRT (tests/fake_tensorrt.py: engines are ONNX Runtime
 # sessions, device memory is host memory). What TensorRT itself does is for the test above, on a device.
-@pytest.fixture(params=["10.3.0", "8.6.1"])
+@pytest.fixture(params=list(VERSIONS))
 def fake(request, monkeypatch):
     from fake_tensorrt import FakeCuda, make_tensorrt
 
@@ -253,9 +256,9 @@ def test_runner_parity_refit_engine_cache(bundle, fake, tmp_path, mode):
         instances = 2 if mode == "materialised" else 1
         assert d["engine_instances"] == {f"{w:g}/{mode}": instances for w in bnd.widths}
         # one activation buffer, as large as the largest engine, shared by every context
-        contexts = [s.context for slots in model._slots.values() for s in slots]
+        contexts = [impl_of(s.context) for slots in model._slots.values() for s in slots]
         assert {c.memory[0] for c in contexts} == {model._scratch}
-        assert model._scratch_size == max(s.engine.device_memory_size for v in model._slots.values() for s in v)
+        assert model._scratch_size == max(impl_of(s.engine).device_memory_size for v in model._slots.values() for s in v)
     assert len(trt.built) == len(bnd.widths)  # one plan per width, both instances from it
     assert all(("REFIT" in flags) == (mode == "materialised") for flags in trt.built)
     if mode == "materialised":
@@ -281,23 +284,27 @@ def test_runner_keys_engines_by_the_identity_it_is_given(bundle, fake, tmp_path)
 
 
 def test_runner_refits_only_what_changes(bundle, fake, tmp_path):
-    """Version 8.x sends the changed weights by name; 10.x hands the whole static model to the parser
-    refitter (which then sets every initializer)."""
+    """8.x sends the changed conv/linear weights by name and every BatchNormalization as the parser folded it
+    (Scale layer, roles SCALE/SHIFT: the BN initializers themselves are not in the engine); 10.x+ hands the
+    whole static model to the parser refitter, which sets every weight of the engine, folded ones included."""
     trt, _ = fake
     bnd = open_bundle(bundle)
+    noisy = {f"{layer['name']}.weight" for layer in bnd.model_entry(1.0)["layers"] if layer["kind"] != "bn" and layer["noisy"]}
     with open_fake(bundle, fake, tmp_path) as model:
+        engine = impl_of(model._slots[(1.0, "materialised")][0].engine)
+        folded = {n for n in engine.weights if n.startswith("tmp_weight_")}
+        assert folded and not any(".running_" in n for n in engine.weights)  # BN lives only as its fold
         trt.refits.clear()
         model.set_operating_point(lambda_n=0.7)
         model.set_operating_point(lambda_n=0.9)  # same BN set (adv): only the noisy weights change…
         if trt.__version__.startswith("8"):
-            expect = {f"{layer['name']}.weight" for layer in bnd.model_entry(1.0)["layers"]
-                      if layer["kind"] != "bn" and layer["noisy"]}
-            # …but this refit lands on the other engine instance, last refitted for λ=0: BN too
-            assert set(trt.refits[-1]) > expect
-            model.set_operating_point(lambda_n=0.95)  # back on the 0.7 instance: noisy weights only
-            assert set(trt.refits[-1]) == expect
+            named = lambda refit: set(refit) - folded
+            # …but this refit lands on the other engine instance, last refitted for λ=0: the BN set changed too
+            assert named(trt.refits[-1]) >= noisy and set(trt.refits[-1]) >= folded
+            model.set_operating_point(lambda_n=0.95)  # back on the 0.7 instance: noisy weights by name only
+            assert named(trt.refits[-1]) == noisy and set(trt.refits[-1]) >= folded
         else:
-            assert set(trt.refits[-1]) == set(refit_weights(bnd, OperatingPoint(0.9, 1.0, bnd.lambda_th)))
+            assert set(trt.refits[-1]) == set(engine.weights)
 
 
 def test_runner_switch_under_concurrent_inference(bundle, fake, tmp_path):
@@ -364,12 +371,13 @@ def test_runner_bad_input_and_stale_plan(bundle, fake, tmp_path):
 
 
 def test_runner_auto_mode_and_old_tensorrt(bundle, fake, tmp_path, monkeypatch):
-    from fake_tensorrt import FakeCuda, make_tensorrt
+    from fake_tensorrt import FakeCuda
 
     with open_fake(bundle, fake, tmp_path, mode="auto") as model:
         assert model.mode_choice["how"] == "measured"
         assert set(model.mode_choice["median_ms"]) == {"in-graph", "materialised"}
-    cuda = FakeCuda()
-    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("8.2.1", cuda))
+    old = types.ModuleType("tensorrt")  # 8.2 (JetPack 4.6): no bindings of it on PyPI; only its version matters
+    old.__version__ = "8.2.1"
+    monkeypatch.setitem(sys.modules, "tensorrt", old)
     with pytest.raises(RuntimeError, match="older than 8.5"):
-        open_fake(bundle, (None, cuda), tmp_path)
+        open_fake(bundle, (None, FakeCuda()), tmp_path)

@@ -73,6 +73,20 @@ class TrtApi:
         return self.version >= (10, 0, 0)
 
     @property
+    def parser_refitter(self) -> bool:
+        """`trt.OnnxParserRefitter` (IParserRefitter, 10.0.0 EA, CHANGELOG.md): refit from the ONNX model itself,
+        the parser's own weight transforms (BN folded into a Scale layer) redone. Absent from the 8.6.1 bindings,
+        present in 10.3 (tests/test_trt_conformance.py reads them)."""
+        return self.version >= (10, 0, 0)
+
+    @property
+    def strongly_typed(self) -> bool:
+        """TensorRT 11: "Strongly typed mode is always enabled" (NetworkDefinitionCreationFlag.STRONGLY_TYPED in
+        the 11.4 bindings) and `BuilderFlag` has no FP16, INT8 or BF16 (edge.md §6): reduced precision is asked
+        for through the network's own tensor types (`fp16_model`), not a builder flag."""
+        return self.version >= (11, 0, 0)
+
+    @property
     def tensor_weights_conv(self) -> bool:
         """Conv weights computed in the graph (the in-graph λ mode): 8.5+ (NvInfer.h, "Input 1 is the
         kernel tensor"); 8.4 and older demand an initializer (onnx-tensorrt operators.md)."""
@@ -166,6 +180,54 @@ def bn_scale_shift(gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: n
     g, b, m, v = (np.asarray(a, dtype=np.float32) for a in (gamma, beta, mean, var))
     scale = (g / np.sqrt(v + np.float32(eps))).astype(np.float32)
     return scale, (b - m * scale).astype(np.float32)
+
+
+def fp16_model(model):
+    """The same network computing in float16, its inputs and outputs still float32 (a Cast after each input,
+    one before each output): what a strongly typed TensorRT builds as an fp16 engine. Float initializers and
+    Constant values become float16, a Cast to float becomes a Cast to float16; the runner's float32 buffers
+    and refit arrays keep their meaning (a refit of this network hands float16 weights, as TensorRT requires
+    the engine's own type). Returns a new model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+
+    def half(t):
+        return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name)
+
+    for t in g.initializer:
+        if t.data_type == f32:
+            t.CopyFrom(half(t))
+    for node in g.node:
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i == f32:
+                a.i = f16
+            elif a.type == onnx.AttributeProto.TENSOR and a.t.data_type == f32:
+                a.t.CopyFrom(half(a.t))
+    rename: dict[str, str] = {}
+    initializers = {t.name for t in g.initializer}
+    casts_in = []
+    for i in g.input:
+        if i.name not in initializers and i.type.tensor_type.elem_type == f32:
+            rename[i.name] = f"{i.name}__fp16"
+            casts_in.append(helper.make_node("Cast", [i.name], [rename[i.name]], to=f16, name=f"{i.name}/to_fp16"))
+    casts_out = []
+    for o in g.output:
+        if o.type.tensor_type.elem_type == f32:
+            rename[o.name] = f"{o.name}__fp16"
+            casts_out.append(helper.make_node("Cast", [rename[o.name]], [o.name], to=f32, name=f"{o.name}/to_fp32"))
+    for node in g.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    nodes = [*casts_in, *g.node, *casts_out]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    return out
 
 
 def bn_layers(model) -> list[tuple[str, tuple[str, str, str, str], float]]:

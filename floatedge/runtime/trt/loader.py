@@ -18,7 +18,11 @@ from .common import EngineKey, TrtApi
 
 def build_plan(trt: Any, api: TrtApi, onnx_bytes: bytes, key: EngineKey, input_name: str,
                chw: tuple[int, int, int], logger: Any, timing_cache: Path | None = None) -> bytes:
-    """Parse `onnx_bytes` and build a serialized engine with the key's precision, flags and batch profile."""
+    """Parse `onnx_bytes` and build a serialized engine with the key's precision, flags and batch profile.
+
+    Keyword names are the bindings' own (pyCore.cpp; checked against the real 8.6.1–11.x bindings by
+    tests/test_trt_conformance.py): `set_memory_pool_limit(pool, pool_size)`, `set_timing_cache(cache,
+    ignore_mismatch)`, `set_shape(input, min, opt, max)`."""
     builder = trt.Builder(logger)
     flags = (1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)) if api.explicit_batch_flag else 0
     network = builder.create_network(flags)
@@ -28,7 +32,9 @@ def build_plan(trt: Any, api: TrtApi, onnx_bytes: bytes, key: EngineKey, input_n
         raise RuntimeError(f"TensorRT {api.version} could not parse the ONNX model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, key.workspace_mb << 20)  # 8.4+
-    if key.precision == "fp16":
+    if key.precision == "fp16" and not api.strongly_typed:
+        # 8.x/10.x: fp16 kernels allowed by a flag. 11.x has no BuilderFlag.FP16 (strongly typed only): there
+        # the caller hands an fp16 network (common.fp16_model) and the types say it all.
         config.set_flag(trt.BuilderFlag.FP16)
     if "refit" in key.flags:
         # Refittable engines allow one optimization profile (NvInfer.h, release/8.5 and 10.3) — one it is.

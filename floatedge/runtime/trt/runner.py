@@ -41,7 +41,7 @@ from floatedge.graph.static import freeze, load_scalable
 from floatedge.oppoint import OperatingPoint, equivalent_lambda
 
 from ..base import Backend, InputSpec, Stale
-from .common import EngineKey, TrtApi, bn_layers, bn_scale_shift, complete_refit, refit_plan
+from .common import EngineKey, TrtApi, bn_layers, bn_scale_shift, complete_refit, fp16_model, refit_plan
 from .cuda import load_cuda
 from .loader import build_plan, load_engine
 
@@ -166,6 +166,11 @@ class TensorRTBackend(Backend):
         except Exception:  # noqa: BLE001
             return "unknown"
 
+    def _typed(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The network in the precision asked for, where TensorRT takes precision from types (11.x: no
+        BuilderFlag.FP16); elsewhere unchanged (the builder flag does it, loader.build_plan)."""
+        return fp16_model(model) if self.api.strongly_typed and self.precision == "fp16" else model
+
     def _slots_for(self, width: float, kind: str) -> list[_Slot]:
         """The engine instances of (width, kind), loaded or built on first use: two refittable ones
         (active + standby) for materialised, one for in-graph."""
@@ -179,6 +184,7 @@ class TensorRTBackend(Backend):
                 src = model
                 if kind == "materialised":  # any point: the engine is refit before first use
                     src = freeze(model, entry, OperatingPoint(0.0, width, self.bundle.lambda_th))
+                src = self._typed(src)
                 return build_plan(self.trt, self.api, src.SerializeToString(), key, INPUT, self.chw, self.logger,
                                   self.cache_dir / f"timing.trt{self.trt.__version__}.{key.device}.cache")
 
@@ -232,8 +238,9 @@ class TensorRTBackend(Backend):
         refitter = trt.Refitter(slot.engine, self.logger)
         keep: list[Any] = []  # weights must outlive refit_cuda_engine (pyCore.cpp: keep_alive on set_*_weights)
         static = freeze(model, entry, point)  # the point's constant-weight graph, made once per refit
-        if self.api.refit_async and hasattr(trt, "OnnxParserRefitter"):
+        if self.api.parser_refitter:  # 10.0+, with refit_cuda_engine_async (the same release)
             parser_refitter = trt.OnnxParserRefitter(refitter, self.logger)
+            static = self._typed(static)  # an fp16 strongly typed engine takes fp16 weights
             if not parser_refitter.refit_from_bytes(static.SerializeToString()):
                 errors = "; ".join(str(parser_refitter.get_error(i)) for i in range(parser_refitter.num_errors))
                 raise RuntimeError(f"TensorRT refit from the static form failed: {errors}")
@@ -245,7 +252,7 @@ class TensorRTBackend(Backend):
             plan = refit_plan(target, names, slot.weights)
             for name, arr in plan.items():
                 keep.append(arr)
-                refitter.set_named_weights(name, arr)
+                self._set(refitter.set_named_weights(name, arr), name)
             layers, roles = refitter.get_all()
             settable = set(zip(layers, [str(r) for r in roles], strict=True))
             for node, (g, b, m, v), eps in bn_layers(static):
@@ -253,11 +260,11 @@ class TensorRTBackend(Backend):
                 for role, arr in ((trt.WeightsRole.SCALE, scale), (trt.WeightsRole.SHIFT, shift)):
                     if (node, str(role)) in settable:
                         keep.append(arr)
-                        refitter.set_weights(node, role, arr)
+                        self._set(refitter.set_weights(node, role, arr), f"{node} {role}")
             extra = complete_refit(list(refitter.get_missing_weights()), target, plan)
             for name, arr in extra.items():
                 keep.append(arr)
-                refitter.set_named_weights(name, arr)
+                self._set(refitter.set_named_weights(name, arr), name)
             missing_layers, _ = refitter.get_missing()
             if len(missing_layers):
                 raise RuntimeError(f"TensorRT still misses weights of layers {list(missing_layers)[:5]} after refit")
@@ -265,6 +272,13 @@ class TensorRTBackend(Backend):
             slot.weights = target
         if not ok:
             raise RuntimeError(f"TensorRT refit to {point} failed")
+
+    @staticmethod
+    def _set(ok: bool, what: str) -> None:
+        """Refitter setters return False (and log) for a name the engine lacks or weights of another count or
+        type (NvInferRuntime.h): a refit that went on would keep the old values there, silently."""
+        if not ok:
+            raise RuntimeError(f"TensorRT refused the refit weights of {what} (unknown, or another count or type)")
 
     # -- backend hooks
     def _prepare(self, point: OperatingPoint, mode: str) -> _Exe:
