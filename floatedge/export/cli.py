@@ -39,17 +39,23 @@ def _widths(ws) -> str:
               help="Storage type of η; auto = float16 if ONNX Runtime still matches PyTorch within 1e-4, else float32.")
 @click.option("--tar", is_flag=True, help="Write one tar file instead of a directory.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--sign", "sign_key", type=click.Path(), default=None,
+              help="Sign the bundle with this Ed25519 private key (floatedge keygen).")
 @user_errors
-def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, tar, force) -> None:
+def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, tar, force, sign_key) -> None:
     """Export a finished run to a deployable bundle: one runtime-scalable ONNX model per width + manifest."""
     from floatedge.export.torch_export import export_bundle
     from floatedge.fsutil import check_destination
+    from floatedge.signing import load_private_key, sign_bundle
 
+    key = load_private_key(sign_key) if sign_key else None  # a bad key fails here, not after the export
     check_destination(out)  # before the minutes of work, not at the rename
     r = export_bundle(run_dir, out, widths, opset, eval_file, tar, lambda_th, eta_dtype, force)
     click.echo(f"wrote {r.path} ({'tar' if tar else 'directory'}): widths {_widths(r.model_bytes)}, "
                f"{_size(r.bundle_bytes)} ({r.size_ratio:.2f}× a plain export of the same widths, "
                f"{_size(r.plain_bytes)}); η {r.eta_dtype}, max |Δlogits| vs PyTorch {r.parity:.1e}; {r.seconds:.1f} s")
+    if key is not None:
+        click.echo(f"signed {r.path} with key {sign_bundle(r.path, key)}")
 
 
 @click.command("inspect")
@@ -109,13 +115,18 @@ def inspect_cmd(bundle) -> None:
 @click.option("--run", "run_dir", type=click.Path(), default=None,
               help="Run directory the bundle came from: adds parity of ONNX Runtime against PyTorch.")
 @click.option("--images", "n_images", type=int, default=8, show_default=True)
+@click.option("--trust", type=click.Path(), default=None,
+              help="Directory of trusted *.pub keys: refuse a bundle that is unsigned, tampered or signed by another key.")
 @user_errors
-def verify_cmd(bundle, run_dir, n_images) -> None:
+def verify_cmd(bundle, run_dir, n_images, trust) -> None:
     """Checksums, onnx.checker, and parity (static vs scalable; ONNX Runtime vs PyTorch with --run)."""
     from floatedge.export.verify import verify_bundle
+    from floatedge.signing import signature_status, verify_signature
 
+    signature = f"signed by trusted key {verify_signature(bundle, trust)}" if trust else signature_status(bundle)
     r = verify_bundle(bundle, run_dir, n_images=n_images)
     click.echo(f"checksums     {sum(st.ok for st in r.files)}/{len(r.files)} files ok (and the manifest)")
+    click.echo(f"signature     {signature}")
     click.echo("onnx.checker  " + "; ".join(f"width {w:g}: {err or 'ok'}" for w, err in r.checker.items()))
     click.echo(f"parity        max |Δlogits| over {r.n_images} images, tolerance {r.tol:g}")
     click.echo(f"  {'width':>5s} {'λ_n':>5s} {'ORT vs torch':>13s} {'static vs ORT':>14s}")
