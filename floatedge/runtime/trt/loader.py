@@ -8,6 +8,7 @@ they differ.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from .common import EngineKey, TrtApi
 
 
 def build_plan(trt: Any, api: TrtApi, onnx_bytes: bytes, key: EngineKey, input_name: str,
-               chw: tuple[int, int, int], logger: Any, timing_cache: Path | None = None) -> bytes:
+               chw: tuple[int, int, int], logger: Any, timing_cache: Path | None = None,
+               configure: Callable[[Any], None] | None = None) -> bytes:
     """Parse `onnx_bytes` and build a serialized engine with the key's precision, flags and batch profile.
 
     Keyword names are the bindings' own (pyCore.cpp; checked against the real 8.6.1–11.x bindings by
@@ -39,6 +41,8 @@ def build_plan(trt: Any, api: TrtApi, onnx_bytes: bytes, key: EngineKey, input_n
     if "refit" in key.flags:
         # Refittable engines allow one optimization profile (NvInfer.h, release/8.5 and 10.3) — one it is.
         config.set_flag(trt.BuilderFlag.REFIT)
+    if configure is not None:  # the caller's own settings (floatedge build: DLA core, GPU fallback)
+        configure(config)
     profile = builder.create_optimization_profile()
     lo, opt, hi = key.batch
     profile.set_shape(input_name, (lo, *chw), (opt, *chw), (hi, *chw))
@@ -57,7 +61,8 @@ def build_plan(trt: Any, api: TrtApi, onnx_bytes: bytes, key: EngineKey, input_n
 
 
 def load_engine(trt: Any, runtime: Any, path: Path, build: Any) -> tuple[Any, bool]:
-    """(engine, built): deserialize the cached plan at `path`, or build, cache and deserialize."""
+    """(engine, built): deserialize the cached plan at `path`, or build, cache and deserialize. `build` None:
+    the plan must deserialize (it came from `floatedge build`), else RuntimeError naming it."""
     if path.exists():
         try:
             engine = runtime.deserialize_cuda_engine(path.read_bytes())
@@ -65,6 +70,9 @@ def load_engine(trt: Any, runtime: Any, path: Path, build: Any) -> tuple[Any, bo
             engine = None
         if engine is not None:
             return engine, False
+    if build is None:
+        raise RuntimeError(f"TensorRT {getattr(trt, '__version__', '?')} cannot open the engine {path}: "
+                           "rebuild it with floatedge build")
     plan = build()
     atomic_write(path, lambda f: f.write(plan))
     engine = runtime.deserialize_cuda_engine(plan)

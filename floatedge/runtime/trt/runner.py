@@ -75,14 +75,18 @@ class TensorRTBackend(Backend):
     """A bundle run by TensorRT directly. Options as `floatedge.runtime.open`, plus precision ("fp16",
     "fp32"), max_batch / opt_batch (the one optimization profile), cache_dir (engine plans), workspace_mb,
     identity ({'device': part number, 'l4t': release} of the Jetson, from `floatedge.devices.identity.
-    jetson_identity`; it keys the engine cache, and without it plans are keyed by the host name)."""
+    jetson_identity`; it keys the engine cache, and without it plans are keyed by the host name).
+
+    engines ({'<width>/<kind>': plan path}, what `floatedge build` made: floatedge/devices/engines.py, which keys,
+    checksums and proves them): open exactly those plans and never build; a plan that does not deserialize is an
+    error naming it. Without `engines` the plans are built on first use into `cache_dir` (development only)."""
 
     name = "tensorrt"
 
     def __init__(self, bundle: str | Path | Bundle, *, mode: str = "auto", point: OperatingPoint | None = None,
                  precision: str = "fp16", max_batch: int = 32, opt_batch: int = 8, cache_dir: str | Path | None = None,
                  workspace_mb: int = 256, check_finite: bool = True, check_range: bool = True, cache_size: int = 8,
-                 verify: bool = True,
+                 verify: bool = True, engines: Mapping[str, str | Path] | None = None,
                  cuda: tuple[str, ...] | Any | None = None, identity: Mapping[str, str] | None = None) -> None:
         import tensorrt as trt
 
@@ -92,6 +96,9 @@ class TensorRTBackend(Backend):
             raise RuntimeError(f"TensorRT {trt.__version__} is older than 8.5 (no set_tensor_address/"
                                "execute_async_v3); use backend='onnxruntime'")
         self.modes = ("in-graph", "materialised") if self.api.tensor_weights_conv else ("materialised",)
+        self.engines = None if engines is None else {str(k): Path(v) for k, v in engines.items()}
+        if self.engines is not None:  # the modes whose engines were built
+            self.modes = tuple(m for m in self.modes if any(k.endswith(f"/{m}") for k in self.engines)) or self.modes
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle, verify=verify)
         # one request at a time (one stream, one context): the base class's FIFO gate orders them, so the
         # exec lock below only arbitrates between a request and a refit
@@ -189,6 +196,11 @@ class TensorRTBackend(Backend):
                                   self.cache_dir / f"timing.trt{self.trt.__version__}.{key.device}.cache")
 
             path = self.cache_dir / key.filename()
+            if self.engines is not None:  # built and checked by `floatedge build`: opened, never built here
+                path = self.engines.get(f"{width:g}/{kind}")  # type: ignore[assignment]
+                if path is None:
+                    raise RuntimeError(f"no {kind} engine of width {width:g} was given; run floatedge build")
+                build = None  # type: ignore[assignment]
             with self._cuda_context():
                 engine, built = load_engine(self.trt, self.runtime, path, build)
                 engines = [engine]
