@@ -274,7 +274,8 @@ def _play_while_sampling(tmp_path, name: str, time_scale: float) -> list:
     sim.advance(1.0)
     with sampler.Sampler("sysfs", 0.01, tmp_path, capacity=10_000) as s:
         play(sim, sc, time_scale=time_scale, tick=0.01)
-        time.sleep(0.05)
+        done = time.monotonic()
+        assert s.wait_for(lambda x: x.t > done, 10) is not None  # one snapshot of the final state, however busy the machine
         return s.history()
 
 

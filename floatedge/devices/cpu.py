@@ -2,9 +2,9 @@
 
 `/proc/stat` lists `cpuN user nice system idle iowait irq softirq steal …` in USER_HZ ticks for the online cores
 only; a core's load between two readings is 1 − Δ(idle + iowait)/Δ(total). Online state is
-`/sys/devices/system/cpu/cpuN/online` (cpu0 often has no such file: it cannot go offline) over the cores in
-`/sys/devices/system/cpu/present`; clocks are `cpufreq/scaling_cur_freq` and `cpuinfo_max_freq` in kHz.
-An nvpmodel mode with fewer cores takes the others offline (edge.md §2.2); tegrastats prints them as `off`.
+`/sys/devices/system/cpu/online` ('0-3': one read for every core), else `cpuN/online` (cpu0 often has no such file:
+it cannot go offline), over the cores in `/sys/devices/system/cpu/present`; clocks are `cpufreq/scaling_cur_freq`
+and `cpuinfo_max_freq` in kHz. An nvpmodel mode with fewer cores takes the others offline (edge.md §2.2); tegrastats prints them as `off`.
 """
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ def loads(prev: dict[int, tuple[int, int]], cur: dict[int, tuple[int, int]]) -> 
     return out
 
 
-def present(root: str = "/") -> list[int]:
-    """Core indices from `present` ('0-7', '0,2-3'), [] when unreadable."""
-    text = read_text(under(root, "sys/devices/system/cpu/present")) or ""
+def present(root: str = "/", which: str = "present") -> list[int]:
+    """Core indices from `present` (or `online`): '0-7', '0,2-3'; [] when unreadable."""
+    text = read_text(under(root, f"sys/devices/system/cpu/{which}")) or ""
     out: list[int] = []
     for part in text.split(","):
         a, _, b = part.strip().partition("-")
@@ -61,18 +61,24 @@ def present(root: str = "/") -> list[int]:
     return out
 
 
-def read_cores(root: str = "/", prev: dict | None = None, cur: dict | None = None, indices: list[int] | None = None) -> list[Core]:
-    """Every present core: online, load (when `prev` and `cur` stat readings are given), clocks."""
-    base = under(root, "sys/devices/system/cpu")
+def read_cores(root: str = "/", prev: dict | None = None, cur: dict | None = None, indices: list[int] | None = None,
+               max_freq: bool = True) -> list[Core]:
+    """Every present core: online, load (when `prev` and `cur` stat readings are given), clocks (the maximum, a
+    constant, only when `max_freq`)."""
+    base = str(under(root, "sys/devices/system/cpu"))
     cores = []
     ld = loads(prev, cur) if prev is not None and cur is not None else {}
+    online_set = set(present(root, "online"))  # one read for all cores; per-core files when it is missing
     for i in indices if indices is not None else present(root):
-        flag = read_int(f"{base}/cpu{i}/online")
-        online = flag != 0 if flag is not None else (cur is None or i in cur)
+        if online_set:
+            online = i in online_set
+        else:
+            flag = read_int(f"{base}/cpu{i}/online")
+            online = flag != 0 if flag is not None else (cur is None or i in cur)
         if not online:
             cores.append(Core(i, False))
             continue
         khz = read_int(f"{base}/cpu{i}/cpufreq/scaling_cur_freq")
-        kmax = read_int(f"{base}/cpu{i}/cpufreq/cpuinfo_max_freq")
+        kmax = read_int(f"{base}/cpu{i}/cpufreq/cpuinfo_max_freq") if max_freq else None
         cores.append(Core(i, True, ld.get(i), None if khz is None else khz / 1000.0, None if kmax is None else kmax / 1000.0))
     return cores

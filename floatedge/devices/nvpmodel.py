@@ -138,20 +138,20 @@ def current_mode(root: str | Path = "/") -> PowerMode:
     return mode if mode.known else query(root)
 
 
-def jetson_clocks(root: str | Path = "/", gpu_devfreq: str | None = None) -> str:
-    """'on' when jetson_clocks has pinned the clocks (GPU devfreq and every online CPU: minimum = maximum), 'off',
-    or 'unknown' when the files cannot be read. Inference from what the jetson_clocks script writes."""
+def jetson_clocks(root: str | Path = "/", gpu_devfreq: str | None = None, cores: list[int] | None = None) -> str:
+    """'on' when jetson_clocks has pinned the clocks (GPU devfreq and the online CPUs — all, or `cores`: minimum =
+    maximum), 'off', or 'unknown' when the files cannot be read. Inference from what the jetson_clocks script writes."""
     pairs = []
     if gpu_devfreq:
         pairs.append((read_int(f"{gpu_devfreq}/min_freq"), read_int(f"{gpu_devfreq}/max_freq")))
-    base = under(root, "sys/devices/system/cpu")
-    for i in range(256):
-        d = base / f"cpu{i}"
-        if not d.is_dir():
+    base = str(under(root, "sys/devices/system/cpu"))
+    for i in cores if cores is not None else range(256):
+        d = f"{base}/cpu{i}"
+        if cores is None and not os.path.isdir(d):
             break
-        if read_int(d / "online") == 0:
+        if read_int(f"{d}/online") == 0:
             continue
-        pairs.append((read_int(d / "cpufreq/scaling_min_freq"), read_int(d / "cpufreq/scaling_max_freq")))
+        pairs.append((read_int(f"{d}/cpufreq/scaling_min_freq"), read_int(f"{d}/cpufreq/scaling_max_freq")))
     if not pairs or any(a is None or b is None for a, b in pairs):
         return "unknown"
     return "on" if all(a == b for a, b in pairs) else "off"

@@ -93,7 +93,7 @@ class SysfsSource:
         errors = []
         t = time.monotonic()
         stat = cpu.read_stat(self.root)
-        cores = cpu.read_cores(self.root, self._prev_stat, stat, self.cores)
+        cores = cpu.read_cores(self.root, self._prev_stat, stat, self.cores, max_freq=False)
         self._prev_stat = stat
         mem = memory.read_memory(self.root, self.emc)
         zones = thermal.read_thermal(self.root, self.zones)
@@ -115,7 +115,7 @@ class SysfsSource:
             gpu_load=g.load_pct if g else None, gpu_mhz=g.cur_mhz if g else None, gpu_max_mhz=allowed, emc_mhz=mem.emc_mhz,
             temps_c={z.name: z.temp_c for z in zones if z.temp_c is not None}, power_mw=rails.by_name(),
             power_total_mw=rails.total_mw, mode=mode.name, mode_id=mode.id,
-            jetson_clocks=nvpmodel.jetson_clocks(self.root, self.gpu.devfreq if self.gpu else None),
+            jetson_clocks=nvpmodel.jetson_clocks(self.root, self.gpu.devfreq if self.gpu else None, self.cores[:1]),
             throttled=th.active, throttle_reasons=th.reasons, errors=tuple(errors))
 
     def close(self) -> None:

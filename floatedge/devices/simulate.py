@@ -300,6 +300,7 @@ class SimJetson:
             low = cap if st.jetson_clocks else int(catalogue.sim_value("cpu_min_mhz") * 1000)
             self._put(self.p(f"{d}/cpufreq/scaling_min_freq"), f"{low}\n")
             self._put(self.p(f"{d}/cpufreq/scaling_cur_freq"), f"{self.cpu_mhz(i) * 1000}\n")
+        self._put(self.p("/sys/devices/system/cpu/online"), _ranges([i for i, flag in enumerate(on) if flag]) + "\n")
         w["cpu_mhz"] = {i: float(self.cpu_mhz(i)) for i in range(len(on)) if on[i]}
         w["online"] = on
         self._write_stat()
@@ -464,6 +465,18 @@ class SimJetson:
         mode = read_mode(self.root, self.modes)
         if mode.known and mode.id != self.state.mode:
             self.state.mode = mode.id
+
+
+def _ranges(idx: list[int]) -> str:
+    """[0, 1, 2, 5] → '0-2,5', the kernel's cpu list format."""
+    out, start = [], None
+    for k, i in enumerate(idx):
+        if start is None:
+            start = i
+        if k + 1 == len(idx) or idx[k + 1] != i + 1:
+            out.append(f"{start}-{i}" if i != start else f"{i}")
+            start = None
+    return ",".join(out)
 
 
 def _remove_tree(path: Path) -> None:
