@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import CIFAR10, FIGURES, ROOT, update_section
+from _results import CIFAR10, FIGURES, ROOT, shown, update_section
 
 from floatedge.fsutil import atomic_write_text
 from floatedge.oppoint import OperatingPoint
@@ -173,7 +173,7 @@ def section(r20: dict, r34: dict, wall_s: float, ungated: dict | None = None, in
         "### Latency per operating point (runtime vs the plain export of the same width, side by side)",
         "",
         "```",
-        format_table({**r20, "modes": [], "overhead": [], "width_ratio": [], "switch": {}}),
+        format_table({**r20, "bundle": shown(r20["bundle"]), "modes": [], "overhead": [], "width_ratio": [], "switch": {}}),
         "```",
         "",
         "### In-graph vs materialised λ_n (same point, side by side; p50 ms)",
@@ -424,7 +424,7 @@ def instant_switch(bundle: Path, threads: int, clients: int = 4, settle_s: float
                 steady.append({"batch": b, "runtime_p50_ms": _p50(t["runtime"]), "plain_p50_ms": _p50(t["plain"]),
                                "ratio": paired_ratio(t["runtime"], t["plain"])})
                 print(f"steady after swap, b={b}: ×{steady[-1]['ratio']:.3f}", flush=True)
-            return {"bundle": _rel(bundle), "architecture": model.bundle.architecture, "mode": model.mode,
+            return {"bundle": shown(bundle), "architecture": model.bundle.architecture, "mode": model.mode,
                     "alone_p50_ms": _p50(alone), "idle": idle, "load": load, "gil": gil,
                     "steady": {"point": point.to_dict(), "serving": serving, "rows": steady}}
     finally:
@@ -490,12 +490,6 @@ def _switch_under_load(model, rec: Recorder, x: np.ndarray, clients: int, settle
         print(f"{label}: effect {r['effect_ms']:.3f} ms, first result {r['first_result_ms']:.2f} ms, p50 before "
               f"{r['p50_before_ms'] or 0:.2f} ms, swap {r['swap_ms'] or 0:.0f} ms", flush=True)
     return {"clients": len(threads), "requests": len(rec.requests), "failed": len(failed), "switches": rows}
-
-
-def _rel(path) -> str:
-    """A path as a command run from the repository root would name it."""
-    p = Path(path).resolve()
-    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
 
 def observable_section(res: dict) -> str:

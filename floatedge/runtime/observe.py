@@ -134,9 +134,13 @@ class Observers:
             try:
                 handler(event)
             except Exception:  # noqa: BLE001 - an observer never fails a request or a switch
-                self.errors += 1  # a lost increment under a race only undercounts a diagnostic
-                owner = id(getattr(handler, "__self__", handler))
-                if owner not in self._failed:
-                    self._failed.add(owner)
-                    log.exception("observer %r failed on %s (reported once per observer; the request is unaffected)",
-                                  handler, type(event).__name__)
+                self.failed(handler, event)
+
+    def failed(self, handler: Callable[[Any], None], event: Any) -> None:
+        """Called from the `except` of a handler that raised: count it, log the first one per observer."""
+        self.errors += 1  # a lost increment under a race only undercounts a diagnostic
+        owner = id(getattr(handler, "__self__", handler))
+        if owner not in self._failed:
+            self._failed.add(owner)
+            log.exception("observer %r failed on %s (reported once per observer; the request is unaffected)",
+                          handler, type(event).__name__)
