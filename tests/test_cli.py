@@ -409,3 +409,35 @@ def test_ctrl_c_before_the_first_epoch_leaves_nothing(tmp_path, monkeypatch):
     result = run_cli("train", *TINY, "--dataset", "synthetic", "--out", tmp_path / "run")
     assert result.exit_code == 130
     assert "no epoch finished, so nothing was saved" in result.output and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- quickstart
+@pytest.mark.slow
+def test_quickstart_runs_the_pipeline_and_a_second_run_trains_nothing(tmp_path):
+    """train → eval → export → runtime in one command (one epoch here); the runtime, switched point by point,
+    classifies the test images as the evaluation did. Run again, it reuses all of it and says so."""
+    out = tmp_path / "qs"
+    first = run_cli("quickstart", "--out", out, "--epochs", "1", "--quiet")
+    assert first.exit_code == 0, first.output
+    assert "training FLOATS ResNet-20 (widths 1, 0.25) on the 8×8 digits, ε = 0.3" in first.output
+    assert all((out / name).exists() for name in ("checkpoint.pt", "eval.json", "eval.png", "model.febundle"))
+    tour = first.output.split("switched point by point:\n")[1].splitlines()[2:]
+    assert [tuple(r.split()[:2]) for r in tour] == [(w, lam) for w in ("1", "0.25") for lam in ("0", "0.2", "0.7", "1")]
+    for r in tour:
+        ca_runtime, ca_eval = float(r.split()[4]), float(r.split()[5])
+        assert abs(ca_runtime - ca_eval) <= 100 / 297 + 1e-9, r  # at most one test image apart
+    stamps = {name: (out / name).stat().st_mtime_ns for name in ("checkpoint.pt", "eval.json")}
+    again = run_cli("quickstart", "--out", out, "--epochs", "1", "--quiet")
+    assert again.exit_code == 0, again.output
+    assert "training FLOATS" not in again.output
+    assert not [ln for ln in again.output.splitlines() if ln.startswith(("trained", "exported"))]
+    for needle in ("reusing the model trained in", "reusing the evaluation", "reusing the bundle", "switched point"):
+        assert needle in again.output
+    assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
+
+
+def test_quickstart_refuses_a_directory_holding_another_run(run_copy):
+    before = snapshot(run_copy)
+    assert_one_line_error(run_cli("quickstart", "--out", run_copy), f"{run_copy} holds another run (float tiny",
+                          "remove it or choose another --out")
+    assert snapshot(run_copy) == before
