@@ -101,12 +101,12 @@ def list_hosts(inventory: str | Path, limit: str | None = None) -> list[str]:
     cmd = [tool("ansible"), "all", "-i", str(inv), "--list-hosts"] + (["--limit", limit] if limit else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
                           env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
-    if proc.returncode != 0:
+    if proc.returncode != 0 and "no hosts to target" not in proc.stderr:  # a --limit matching nothing: exit 1
         raise DeployError(f"ansible cannot read inventory {inv}: {_first_error(proc.stderr or proc.stdout)}")
     m = re.search(r"hosts \((\d+)\):\n((?:\s+\S+\n?)*)", proc.stdout)
     hosts = m.group(2).split() if m else []
     if not hosts:
-        why = _first_error(proc.stderr)
+        why = next((ln for ln in map(_first_error, proc.stderr.splitlines()) if "parse" in ln), "")  # not an inventory
         what = f"names no host matching --limit {limit}" if limit else "names no host"
         raise DeployError(f"inventory {inv} {what}" + (f" ({why})" if why else ""))
     return hosts
@@ -171,13 +171,13 @@ def deploy(bundle: str | Path | None, inventory: str | Path, *, limit: str | Non
         raise DeployError(f"--serial must be at least 1 (hosts per batch), got {serial}")
     if max_fail_percentage is not None and not 0 <= max_fail_percentage <= 100:
         raise DeployError(f"--max-fail-percentage must be in [0, 100], got {max_fail_percentage:g}")
+    if rollback and trust is not None:
+        raise DeployError("--trust checks the bundle being deployed; a rollback returns to a release already checked")
     playbook = tool("ansible-playbook")
     signature, release = "", None
     if bundle is not None:
         bundle = Path(bundle)
         signature = check_bundle(bundle, trust)
-    elif trust is not None:
-        raise DeployError("--trust checks the bundle being deployed; a rollback returns to a release already checked")
     hosts = list_hosts(inventory, limit)
 
     with tempfile.TemporaryDirectory(prefix="floatedge-deploy.") as tmp:

@@ -1,0 +1,402 @@
+"""Fleet deploy (floatedge.fleet): the device-side steps on their own, bad input refused before any device is touched,
+and a real deploy — the real `ansible-playbook` over SSH to two "Jetsons", each a network namespace with its own
+sshd and a `floatedge device simulate` tree of a different module — with a rollback, a host whose disk fills up
+mid-copy and one that is unreachable. Where network namespaces cannot be made, the deploy test says so and runs the
+same playbook with ansible_connection=local and separate roots (never a mock of Ansible)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_bundle import FILES, _manifest
+
+from floatedge.bundle import open_bundle, write_bundle
+from floatedge.fleet import agent
+from floatedge.fleet.agent import Device, FleetError
+from floatedge.fleet.deploy import DeployError, deploy, short_error
+from floatedge.signing import SignatureError, generate_key, sign_bundle
+
+pytest.importorskip("cryptography")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _incoming(dev: Device, tar: Path) -> str:
+    """Put `tar` where Ansible's copy puts it; its release id."""
+    rid = _sha(tar)[:12]
+    dev.incoming.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tar, dev.incoming / f"{rid}.febundle")
+    return rid
+
+
+@pytest.fixture
+def device(tmp_path):
+    (tmp_path / "root").mkdir()
+    return Device(tmp_path / "root")
+
+
+@pytest.fixture
+def tars(tmp_path):
+    """Three different tar bundles, the first two signed by a key the device will trust."""
+    kp = generate_key(tmp_path / "keys")
+    out = []
+    for i in range(3):
+        b = write_bundle(tmp_path / f"b{i}.febundle", _manifest(created=f"2026-01-0{i + 1}"), FILES, tar=True)
+        if i < 2:
+            sign_bundle(b, kp.private)
+        out.append(b)
+    return out, kp
+
+
+# ------------------------------------------------------------------------------------------ device steps
+def test_stage_checks_the_copy_and_refuses_an_unsigned_one_where_keys_are_trusted(device, tars):
+    (signed, _, unsigned), kp = tars
+    trust = device.under(agent.TRUST_DIR)
+    trust.mkdir(parents=True)
+    shutil.copy(kp.public, trust)
+    rid = _incoming(device, unsigned)
+    with pytest.raises(SignatureError, match="unsigned"):
+        agent.stage(device, rid, _sha(unsigned), None)
+    assert not any(device.incoming.iterdir()) and device.present() == []  # the copy is gone, nothing staged
+    rid = _incoming(device, signed)
+    with pytest.raises(FleetError, match="corrupt"):
+        agent.stage(device, rid, "0" * 64, None)
+    rid = _incoming(device, signed)
+    out = agent.stage(device, rid, _sha(signed), None)
+    assert out["staged"] and out["signature"] == f"trusted: key {kp.key_id}"
+    open_bundle(device.release(rid) / agent.BUNDLE)
+    assert agent.stage(device, rid, _sha(signed), None)["staged"] is False  # already there: nothing to do
+
+
+def test_activate_rollback_restore_and_finish_switch_whole_releases(device, tars):
+    (a, b, c), _ = tars
+    ids = []
+    for t in (a, b, c):
+        rid = _incoming(device, t)
+        agent.stage(device, rid, _sha(t), None)
+        ids.append(rid)
+    for name in ("floatedge.service", "serve.toml"):  # what `prepare` writes, per release
+        for rid in ids:
+            (device.release(rid) / name).write_text(f"{name} of {rid}\n")
+    agent.activate(device, ids[0])
+    out = agent.activate(device, ids[1])
+    assert (out["current"], out["previous"], out["switched"]) == (ids[1], ids[0], True)
+    unit = device.under(agent.UNIT_DIR) / agent.UNIT
+    assert unit.read_text() == f"floatedge.service of {ids[1]}\n"
+    assert device.under(agent.CONFIG_LINK).read_text() == f"serve.toml of {ids[1]}\n"
+    assert agent.activate(device, ids[1])["previous"] == ids[0]  # the same release again: previous stays
+
+    # a deploy of c that fails after switching is put back: current, previous, unit as before; c removed
+    agent.activate(device, ids[2])
+    out = agent.restore(device, ids[1], ids[0], ids[2])
+    assert (out["current"], out["previous"], device.present()) == (ids[1], ids[0], sorted(ids[:2]))
+    assert unit.read_text() == f"floatedge.service of {ids[1]}\n"
+
+    out = agent.rollback(device)
+    assert (out["current"], out["previous"]) == (ids[0], ids[1])
+    assert unit.read_text() == f"floatedge.service of {ids[0]}\n"
+    assert device.under(agent.CONFIG_LINK).read_text() == f"serve.toml of {ids[0]}\n"
+    assert agent.rollback(device)["current"] == ids[1]  # twice: back where it was
+
+    # finish keeps two releases
+    rid = _incoming(device, c)
+    agent.stage(device, rid, _sha(c), None)
+    agent.activate(device, rid)
+    (device.incoming / "leftover.febundle").write_bytes(b"x")
+    out = agent.finish(device)
+    assert out["dropped"] == [ids[0]] and sorted(device.present()) == sorted([ids[1], rid])
+    assert not any(device.incoming.iterdir())
+
+
+def test_rollback_without_a_previous_release_says_so(device, tars):
+    (a, _, _), _ = tars
+    rid = _incoming(device, a)
+    agent.stage(device, rid, _sha(a), None)
+    agent.activate(device, rid)
+    with pytest.raises(FleetError, match="no previous release"):
+        agent.rollback(device)
+
+
+def test_server_settings_become_toml():
+    text = agent.toml_config({"trusted_keys": "/etc/k", "http_port": 8000, "batching": True, "policy_params": {"a": 1.5}})
+    import tomllib
+
+    assert tomllib.loads(text) == {"trusted_keys": "/etc/k", "http_port": 8000, "batching": True,
+                                   "policy_params": {"a": 1.5}}
+    with pytest.raises(FleetError, match="bad server setting name"):
+        agent.toml_config({"x = 1\ny": 2})
+
+
+def test_ansible_errors_are_shortened():
+    msg = ("Task failed: Module failed: Failed to replace '/r/incoming/x.febundle' with b'/root/.ansible/tmp/.source': "
+           "[Errno 28] No space left on device: b'/root/.ansible/tmp/.source' -> b'/r/incoming/.ansible_tmpx'")
+    assert short_error(msg) == "Failed to replace: [Errno 28] No space left on device"
+
+
+# ------------------------------------------------------------------------------------------ bad input
+needs_ansible = pytest.mark.skipif(shutil.which("ansible-playbook") is None and
+                                   not (Path(sys.executable).parent / "ansible-playbook").exists(),
+                                   reason="ansible-core is not installed (pip install -e '.[fleet]')")
+
+
+def _fe(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "floatedge", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@needs_ansible
+def test_deploy_refuses_bad_input_before_touching_a_device(tmp_path, tars):
+    (signed, _, unsigned), kp = tars
+    inv = tmp_path / "inv.ini"
+    inv.write_text(f"[jetsons]\njetson-a ansible_connection=local floatedge_root={tmp_path / 'ra'}\n")
+    empty = tmp_path / "empty.ini"
+    empty.write_text("[jetsons]\n")
+    cases = [
+        (["deploy", unsigned, "-i", inv, "--trust", kp.public.parent], "unsigned"),
+        (["deploy", signed, "-i", empty], "names no host"),
+        (["deploy", signed, "-i", inv, "--limit", "nosuch"], "names no host matching --limit nosuch"),
+        (["deploy", signed, "-i", tmp_path / "missing.ini"], "no inventory at"),
+        (["deploy", signed, "-i", inv, "--serial", "0"], "--serial must be at least 1"),
+        (["deploy", signed, "-i", inv, "--rollback"], "--rollback takes no BUNDLE"),
+        (["deploy", tmp_path / "nope.febundle", "-i", inv], "no such bundle"),
+    ]
+    for args, expected in cases:
+        r = _fe(*args)
+        assert r.returncode == 1 and expected in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "ra").exists()  # nothing was touched
+
+
+# ------------------------------------------------------------------------------------------ the real thing
+def _netns_problem() -> str | None:
+    """Why network-namespace hosts with sshd cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "not root"
+    for tool in ("ip", "ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (apt-get install iproute2 openssh-client)"
+    if not Path("/usr/sbin/sshd").exists():
+        return "/usr/sbin/sshd not found (apt-get install openssh-server)"
+    probe = f"feprobe{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"ip netns add failed: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+class Fleet:
+    """Jetsons on this machine: per host a simulated device tree and, where namespaces work, a network namespace
+    joined by a veth pair, with an sshd on its own config, port and host key; the controller's key is made here."""
+
+    PORT = 2222
+
+    def __init__(self, base: Path) -> None:
+        self.base, self.hosts, self.procs, self.netns, self.mounts = base, {}, [], [], []
+        self.problem = _netns_problem()
+        self.simulated = _fe("device", "simulate", "--help").returncode == 0
+        self.notes = [] if self.simulated else ["`floatedge device simulate` is not available: plain root directories"]
+        if self.problem:
+            self.notes.append(f"network namespaces unavailable ({self.problem}): ansible_connection=local, separate roots")
+        else:
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "id_ed25519")], check=True)
+        pid = os.getpid()
+        self.net = f"10.{200 + pid % 50}.{(pid // 50) % 250}"
+        self.tag = f"fe{pid % 100000}"
+
+    def add(self, name: str, module: str, disk: str | None = None) -> Path:
+        """A host `name` simulating `module`; `disk` (e.g. '8m'): its release store is a tmpfs of that size."""
+        i = len(self.hosts)
+        root = self.base / name / "root"
+        if self.simulated:
+            r = _fe("device", "simulate", module, "--root", root)
+            assert r.returncode == 0, r.stderr
+        else:
+            root.mkdir(parents=True)
+        if disk:
+            store = root / agent.STATE_DIR.lstrip("/")
+            store.mkdir(parents=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={disk}", "tmpfs", str(store)], check=True)
+            self.mounts.append(store)
+        host = {"root": root, "module": module}
+        if not self.problem:
+            host.update(self._namespace(name, i))
+        self.hosts[name] = host
+        return root
+
+    def _namespace(self, name: str, i: int) -> dict:
+        ns, outer, inner = f"{self.tag}n{i}", f"{self.tag}h{i}", f"{self.tag}d{i}"
+        here, there = f"{self.net}.{4 * i + 1}", f"{self.net}.{4 * i + 2}"
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        self.netns.append(ns)
+        for cmd in (["ip", "link", "add", outer, "type", "veth", "peer", "name", inner],
+                    ["ip", "link", "set", inner, "netns", ns],
+                    ["ip", "addr", "add", f"{here}/30", "dev", outer], ["ip", "link", "set", outer, "up"],
+                    ["ip", "-n", ns, "addr", "add", f"{there}/30", "dev", inner], ["ip", "-n", ns, "link", "set", inner, "up"],
+                    ["ip", "-n", ns, "link", "set", "lo", "up"]):
+            subprocess.run(cmd, check=True, capture_output=True)
+        d = self.base / name / "sshd"
+        d.mkdir(parents=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
+        shutil.copy(self.base / "id_ed25519.pub", d / "authorized_keys")
+        (d / "sshd_config").write_text(
+            f"Port {self.PORT}\nListenAddress {there}\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\nLogLevel ERROR\n")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+        self.procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "/usr/sbin/sshd", "-D", "-e", "-f",
+                                            str(d / "sshd_config")], stderr=open(d / "sshd.log", "w")))
+        with open(self.base / "known_hosts", "a") as f:
+            f.write(f"[{there}]:{self.PORT} {(d / 'host_key.pub').read_text()}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((there, self.PORT), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (d / "sshd.log").read_text()
+                time.sleep(0.2)
+        return {"ns": ns, "address": there}
+
+    def inventory(self, unreachable: str | None = None) -> Path:
+        """An inventory of every host (plus `unreachable`: a host where no sshd listens)."""
+        py = sys.executable
+        lines = ["[jetsons]"]
+        for name, h in self.hosts.items():
+            if self.problem:
+                lines.append(f"{name} ansible_connection=local floatedge_root={h['root']}")
+            else:
+                lines.append(f"{name} ansible_host={h['address']} ansible_port={self.PORT} floatedge_root={h['root']}")
+        if unreachable:
+            address = next(iter(self.hosts.values())).get("address", "127.0.0.1")
+            lines.append(f"{unreachable} ansible_connection=ssh ansible_host={address} ansible_port=1 "
+                         f"floatedge_root={self.base / unreachable}")
+        # one variable a line in a [group:vars] section; the interpreter and floatedge: this checkout's, as installed
+        lines += ["", "[jetsons:vars]", f"ansible_python_interpreter={py}", "floatedge_install=none", f"floatedge_python={py}",
+                  "ansible_user=root", f"ansible_ssh_private_key_file={self.base / 'id_ed25519'}",
+                  f"ansible_ssh_common_args='-o UserKnownHostsFile={self.base / 'known_hosts'} -o StrictHostKeyChecking=yes "
+                  "-o ConnectTimeout=10'"]
+        inv = self.base / "inventory.ini"
+        inv.write_text("\n".join(lines) + "\n")
+        return inv
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(timeout=10)
+        for ns in self.netns:  # sessions the sshds forked (Ansible's persistent connections): ours, ended by pid
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), 15)
+                except (ProcessLookupError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for m in self.mounts:
+            subprocess.run(["umount", "-l", str(m)], capture_output=True)
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    f = Fleet(tmp_path)
+    yield f
+    f.close()
+
+
+def _state(root: Path) -> Path:
+    return root / agent.STATE_DIR.lstrip("/")
+
+
+def _link(root: Path, name: str) -> str | None:
+    p = _state(root) / name
+    return Path(os.readlink(p)).name if p.is_symlink() else None
+
+
+@needs_ansible
+@pytest.mark.slow
+def test_two_jetsons_over_ssh_deploy_fail_and_roll_back(fleet, float_run, tmp_path):
+    from floatedge.export.torch_export import export_bundle
+
+    for note in fleet.notes:
+        print("NOTE:", note)
+    kp = generate_key(tmp_path / "keys")
+    v1 = export_bundle(float_run, tmp_path / "v1.febundle").path
+    b1 = open_bundle(v1)
+    v2 = write_bundle(tmp_path / "v2.febundle", {**b1.manifest, "created": "2027-01-01T00:00:00Z"},
+                      {name: b1.read(name) for name in b1.manifest["files"]})
+    for b in (v1, v2):
+        sign_bundle(b, kp.private)
+    root_a = fleet.add("jetson-a", "orin-nano-8gb")
+    root_b = fleet.add("jetson-b", "nano", disk="16m")
+    inv = fleet.inventory(unreachable="jetson-c")
+    report = tmp_path / "report.json"
+
+    # 1. v1 to both, signature checked here and on each device (their trusted keys come with the deploy)
+    r = _fe("deploy", v1, "-i", inv, "--limit", "jetson-a:jetson-b", "--trust", kp.public.parent, "--report", report)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    rep = json.loads(report.read_text())
+    hosts = {h["host"]: h for h in rep["hosts"]}
+    r1 = rep["release"]
+    assert {h["outcome"] for h in hosts.values()} == {"deployed"} and {h["release"] for h in hosts.values()} == {r1}
+    if fleet.simulated:
+        assert hosts["jetson-a"]["module"] == "Jetson Orin Nano 8GB" and hosts["jetson-b"]["module"] == "Jetson Nano 4GB"
+    for root in (root_a, root_b):
+        assert _link(root, "current") == r1 and _link(root, "previous") is None
+        staged = _state(root) / "current" / agent.BUNDLE
+        assert hashlib.sha256(staged.read_bytes()).hexdigest()[:12] == r1
+        assert (root / agent.TRUST_DIR / kp.public.name).exists()
+        unit = root / agent.UNIT_DIR / agent.UNIT
+        details = hosts["jetson-a"]["details"]
+        assert details["signature"] == f"trusted: key {kp.key_id}"
+        assert details["build"].startswith(("ran", "skipped")) and details["profile"].startswith(("ran", "skipped"))
+        if details["unit"] == "ran":  # the server's own unit, for this release's bundle and config
+            assert f"serve {_state(root) / 'releases' / r1 / agent.BUNDLE}" in unit.read_text()
+            assert "trusted_keys" in (root / agent.CONFIG_LINK).read_text()
+    assert "no service manager" in hosts["jetson-a"]["details"]["service"]
+
+    # 2. v2 to all three: jetson-b's disk is full mid-copy, jetson-c is unreachable; jetson-a goes ahead
+    store_b = _state(root_b)
+    free = shutil.disk_usage(store_b).free
+    (store_b / "filler").write_bytes(b"\0" * (free - v2_size(v2) // 2))
+    r = _fe("deploy", v2, "-i", inv, "--trust", kp.public.parent, "--report", report)
+    (store_b / "filler").unlink()
+    assert r.returncode == 1, r.stdout[-3000:]
+    err = r.stderr.strip()
+    assert err.count("\n") == 0 and "deploy failed on 2 of 3 host(s)" in err and "jetson-b" in err and "jetson-c" in err
+    rep = json.loads(report.read_text())
+    hosts = {h["host"]: h for h in rep["hosts"]}
+    r2 = rep["release"]
+    assert hosts["jetson-a"]["outcome"] == "deployed" and hosts["jetson-a"]["previous"] == r1
+    assert hosts["jetson-b"]["outcome"] == "failed" and "No space left on device" in hosts["jetson-b"]["error"]
+    assert hosts["jetson-c"]["outcome"] == "unreachable"
+    assert (_link(root_a, "current"), _link(root_a, "previous")) == (r2, r1)
+    assert (_link(root_b, "current"), _link(root_b, "previous")) == (r1, None)  # the previous bundle keeps serving
+    assert sorted(os.listdir(store_b / "releases")) == [r1] and not os.listdir(store_b / "incoming")  # no half copy
+    open_bundle(_state(root_b) / "current" / agent.BUNDLE)
+
+    # 3. roll jetson-a back: v1 serves again, v2 is kept as previous
+    r = _fe("deploy", "-i", inv, "--rollback", "--limit", "jetson-a", "--report", report)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert json.loads(report.read_text())["hosts"][0]["outcome"] == "rolled back"
+    assert (_link(root_a, "current"), _link(root_a, "previous")) == (r1, r2)
+    assert "floatedge rollback" in r.stdout and "rolled back" in r.stdout
+
+
+def v2_size(bundle: Path) -> int:
+    return sum(p.stat().st_size for p in bundle.iterdir())
+
+
+def test_deploy_api_refuses_a_rollback_with_trust(tmp_path):
+    with pytest.raises(DeployError, match="a rollback returns to a release already checked"):
+        deploy(None, tmp_path / "inv.ini", rollback=True, trust=tmp_path)
