@@ -349,6 +349,9 @@ def test_device_commands_on_a_simulated_orin(tmp_path):
     assert r.exit_code == 0 and len(snaps) == 2 and snaps[1]["mode"] == "15W" and snaps[1]["power_total_mw"] > 0
     r = invoke("device", "mode", "--root", root, "--set", "3")
     assert r.exit_code == 1 and "refusing mode 3 25W" in r.output
+    r = invoke("device", "tegrastats", "--root", root, "--json", "--count", "2", "--interval", "0.05")  # the live stand-in
+    lines = [__import__("json").loads(x) for x in r.output.splitlines()]
+    assert r.exit_code == 0 and len(lines) == 2 and lines[0]["ram_total_mb"] == 15388 and lines[0]["unparsed"] == []
     r = invoke("device", "catalogue", "--json")
     assert r.exit_code == 0 and set(__import__("json").loads(r.output)) == set(catalogue.names())
 
@@ -362,6 +365,8 @@ def test_device_commands_on_a_simulated_orin(tmp_path):
     (["device", "simulate", "nano", "--root", "{tmp}/x", "--scenario", "{tmp}/zone.json"], "has no thermal zone 'gpu-thermal'"),
     (["device", "simulate", "nano", "--root", "{tmp}/file", "--scenario", "nano-5w-heating"], "not a directory"),
     (["device", "watch", "--root", "{tmp}", "--interval", "0"], "interval must be > 0"),
+    (["device", "watch", "--root", "{tmp}", "--source", "jtop"], "jtop source:"),
+    (["device", "tegrastats", "--root", "{tmp}"], "tegrastats not found"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     (tmp_path / "back.json").write_text('{"module": "nano", "events": [{"t": 5, "set": {"gpu_load": 1}}, {"t": 2, "set": {}}]}')

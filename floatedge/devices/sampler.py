@@ -176,7 +176,7 @@ def snapshot_from_jtop(j, t: float) -> Snapshot:
         temps_c={k: v["temp"] for k, v in temps.items() if v.get("online") and v.get("temp", -256) > -256},
         power_mw={k: float(v["power"]) for k, v in pw.get("rail", {}).items()},
         power_total_mw=pw.get("tot", {}).get("power"), mode=str(getattr(nvp, "name", nvp) or "unknown"),
-        jetson_clocks="on" if getattr(j, "jetson_clocks", None) else "off")
+        jetson_clocks=str(getattr(getattr(j, "jetson_clocks", None), "status", "unknown")))
 
 
 class Sampler:
@@ -224,7 +224,10 @@ class Sampler:
 
             self._proc = tegrastats.spawn(self.interval, self.root)
         elif self.source == "jtop":
-            from jtop import jtop  # noqa: PLC0415 - optional, AGPL-3.0, only when asked for
+            if not jtop_available():
+                raise OSError("jtop source: jetson-stats is not installed or its service socket /run/jtop.sock is missing "
+                              "(pip install -e '.[jtop]' and run the jtop service)")
+            from jtop import jtop  # optional, AGPL-3.0, only when asked for
 
             self._reader = jtop(interval=self.interval)
             self._reader.start()
