@@ -149,8 +149,8 @@ def tegrastats_cmd(source: str | None, as_json: bool, interval: float, count: in
             proc.terminate()
         elif stream is not sys.stdin:
             stream.close()
-    if n == 0 and source:
-        raise click.ClickException(f"{source}: no tegrastats lines")
+    if n == 0:
+        raise click.ClickException(f"{source}: no tegrastats lines" if source else "tegrastats printed nothing")
 
 
 def _table(s) -> str:
@@ -183,8 +183,11 @@ def watch_cmd(root: str, as_json: bool, interval: float, source: str, count: int
     with Sampler(source, interval, _root(root)) as s:
         try:
             while not count or shown < count:
-                snap = s.wait_for(lambda x: True, timeout=max(5.0, 3 * interval))
-                if snap is None or snap is seen:
+                wait = max(10.0, 3 * interval)
+                snap = s.wait_for(lambda x: True, timeout=wait)
+                if snap is None:
+                    raise click.ClickException(f"no snapshot from the {s.source} source within {wait:g} s")
+                if snap is seen:
                     continue
                 seen = snap
                 if as_json:
