@@ -303,7 +303,7 @@ def test_scenario_orin_nx_25w_to_10w(tmp_path):
 
 
 def test_scenario_agx_orin_corun_hold_down_is_detected(tmp_path):
-    snaps = _play_while_sampling(tmp_path, "agx-orin-corun", 20.0)
+    snaps = _play_while_sampling(tmp_path, "agx-orin-corun", 10.0)
     held = [x for x in snaps if x.gpu_mhz == 420.75 and x.gpu_load == 98]
     assert held and all(x.throttled and any(r.startswith("clock:") for r in x.throttle_reasons) for x in held)
     flagged = [x for x in snaps if x.throttled]  # the episode, give or take a half-written tick at each end
