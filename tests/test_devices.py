@@ -113,6 +113,7 @@ def test_readers_read_back_what_the_simulator_wrote(tmp_path, module, jetpack):
                                                                           catalogue.jetpack_for_l4t(line["l4t"]))
     assert (ident.cuda.startswith(line["cuda"]), ident.tensorrt, ident.tensorrt_from) == (True, line["tensorrt"], "dpkg")
     assert jetson_identity(tmp_path) == {"device": sim.mod.part_numbers[0], "l4t": line["l4t"]}
+    assert ident.modes_from == "nvpmodel.conf" and [m["id"] for m in ident.modes] == [m.id for m in sim.modes]
     # power: every rail but NC, the input rail or the sum as the total
     pw = power.read_power(tmp_path)
     assert pw.by_name() == w["rails"] and "NC" not in pw.by_name()

@@ -46,6 +46,7 @@ class Identity:
     precisions: list[str] = field(default_factory=list)
     modes: list[dict] = field(default_factory=list)
     default_mode: int | None = None
+    modes_from: str = ""        # "nvpmodel.conf" (the device's own) or "catalogue"
     cpu: str = ""
     cpu_count: int | None = None
     ort_providers: list[str] = field(default_factory=list)
@@ -201,7 +202,14 @@ def read_identity(root: str | Path = "/", providers: bool = True) -> Identity:
     ident.module, ident.name, ident.sm, ident.dla = mod.key, mod.name, mod.sm, mod.dla
     ident.soc = ident.soc or mod.soc
     ident.precisions = list(mod.precisions)
-    modes, default = mod.modes(ident.jetpack if ident.jetpack[:1].isdigit() else None)
+    # the modes this device defines (its nvpmodel.conf), else the catalogue's for its JetPack line
+    from .nvpmodel import modes as conf_modes
+
+    modes, default = conf_modes(root)
+    ident.modes_from = "nvpmodel.conf"
+    if not modes:
+        modes, default = mod.modes(ident.jetpack if ident.jetpack[:1].isdigit() else None)
+        ident.modes_from = "catalogue"
     ident.modes = [asdict(m) for m in modes]
     ident.default_mode = default
     if not ident.tensorrt and ident.jetpack:
