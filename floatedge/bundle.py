@@ -45,7 +45,21 @@ Manifest keys (schema version 1; version 2 adds OAT), all required unless marked
   bn, clean_acc, <attack>_acc}]
 * ``provenance``: ``run``, ``checkpoint_sha256``, ``epoch``, ``config``, ``dataset``,
   ``floatedge_version``, ``git_commit`` (null outside a checkout), ``packages`` {name: version}
+* ``acceptance`` (optional, null or absent when exported with ``--acceptance 0`` or by an older floatedge;
+  additive, so the schema version does not change): the set `floatedge build` proves engines with on the
+  device — ``n_images``, ``seed``, ``dataset``, ``split``; ``images`` {``file``, ``dtype`` ("uint8": pixels·255,
+  or "float16"/"float32": pixels in [0, 1])}; ``labels`` (file, int64 N); ``predictions`` (file, int32
+  P×2×N: the exported fp32 model's argmax per point on the clean and the adversarial images, −1 where a point
+  has none); ``attack`` {``name``, ``eps``, ``steps``, ``step``, ``seed``, ``stored_as``}; ``points``
+  [{``width``, ``lambda_n``, ``lambda_th``, ``clean_acc``, ``adv_acc`` (null without adversarial images),
+  ``adversarial`` (file of float16 N×C×H×W PGD images crafted against the exported fp32 model at that point,
+  or null)}], in the order of ``predictions``. Every file is a NumPy ``.npy`` (no pickle: read with
+  `Bundle.read_array`, ``allow_pickle=False``) and has its sha256 in ``files`` like the models.
 * ``files``: {file name: {``sha256``, ``bytes``}}; ``manifest_sha256``
+
+Beside a bundle, `floatedge build` on the device writes its build report, `<bundle>.build.json`
+(`build_report_path`; content owned by floatedge/devices/engines.py); `floatedge inspect` shows it
+(`read_build_report`, `build_report_lines`).
 
 Graph conventions (what `floatedge.export` writes; see docs/export.md for the full story):
 inputs ``images`` (N×C×H×W float32, dynamic N, pixels in [0, 1]) and ``lambda_n`` (float32 scalar),
@@ -64,6 +78,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 from floatedge.fsutil import atomic_write, current_umask
 from floatedge.oppoint import OperatingPoint, OperatingPointError, check_width, check_width_in
@@ -92,6 +108,13 @@ KIND_SCHEMA = {"float": 1, "oat": 2}
 VERIFY_LAMBDAS = (0.0, 0.2, 0.37, 0.5, 0.51, 0.7, 1.0)
 PARITY_TOL = 1e-4
 
+# The acceptance set (`acceptance` in the manifest): file names, and the build report that sits beside a bundle
+ACCEPTANCE_IMAGES = "acceptance_images.npy"
+ACCEPTANCE_LABELS = "acceptance_labels.npy"
+ACCEPTANCE_PREDICTIONS = "acceptance_predictions.npy"
+ACCEPTANCE_DTYPES = ("uint8", "float16", "float32")
+BUILD_REPORT_SUFFIX = ".build.json"
+
 REQUIRED_KEYS = ("format", "schema_version", "architecture", "method", "classes", "input", "widths", "lambda_th",
                  "noise", "alphas", "models", "provenance", "files", "manifest_sha256")
 _CHUNK = 1 << 20
@@ -104,6 +127,24 @@ class BundleError(ValueError):
 def model_filename(width: float) -> str:
     """The ONNX file of one width: `model_w1.onnx`, `model_w0.75.onnx`."""
     return f"model_w{check_width(width):g}.onnx"
+
+
+def acceptance_adv_filename(width: float, lambda_n: float) -> str:
+    """The adversarial images of one acceptance point: `acceptance_adv_w0.5_l0.7.npy`."""
+    return f"acceptance_adv_w{check_width(width):g}_l{float(lambda_n):g}.npy"
+
+
+def array_bytes(arr: np.ndarray) -> bytes:
+    """A NumPy array as `.npy` bytes, never pickled (object arrays are refused)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def build_report_path(bundle_path: str | Path) -> Path:
+    """Where `floatedge build` puts its report: beside the bundle, `model.febundle.build.json`."""
+    p = Path(bundle_path)
+    return p.with_name(p.name + BUILD_REPORT_SUFFIX)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -333,6 +374,18 @@ class Bundle:
         with self._source.open(name) as f:
             return f.read()
 
+    def read_array(self, name: str) -> np.ndarray:
+        """A `.npy` file of the bundle (the acceptance set), loaded without pickle; BundleError if it is not one."""
+        try:
+            return np.load(io.BytesIO(self.read(name)), allow_pickle=False)
+        except ValueError as exc:  # also what np.load raises for an object (pickled) array
+            raise BundleError(f"{self.path}: {name} is not a plain .npy array ({exc})") from None
+
+    @property
+    def acceptance(self) -> dict | None:
+        """The manifest's acceptance-set description (see the module docstring), None if it carries none."""
+        return self.manifest.get("acceptance") or None
+
     def model_entry(self, width: float) -> dict:
         """The manifest entry of the model for `width`; OperatingPointError if the bundle lacks it."""
         w = check_width_in(width, [float(entry["width"]) for entry in self.manifest["models"]])
@@ -442,6 +495,67 @@ def check_manifest(manifest: Any, path: str | Path = "bundle") -> None:
     if version < KIND_SCHEMA[kind] or (kind == "oat" and not isinstance(manifest.get("film"), dict)):
         raise BundleError(f"{path}: {MANIFEST} of kind {kind!r} needs schema version ≥ {KIND_SCHEMA[kind]} "
                           f"and a film description (it has version {version})")
+    _check_acceptance(manifest, path)
+
+
+def _check_acceptance(manifest: dict, path: str | Path) -> None:
+    """The `acceptance` section, when present, is well formed. Its files are checked when read (`read` names a file
+    the bundle lacks), so a bundle whose acceptance files are gone still opens for everything else."""
+    acc = manifest.get("acceptance")
+    if not acc:
+        return
+    bad = f"{path}: {MANIFEST} has a malformed acceptance set"
+    if not isinstance(acc, dict) or not isinstance(acc.get("points"), list) or not isinstance(acc.get("images"), dict):
+        raise BundleError(bad)
+    if acc["images"].get("dtype") not in ACCEPTANCE_DTYPES:
+        raise BundleError(f"{bad}: image dtype {acc['images'].get('dtype')!r} (known: {', '.join(ACCEPTANCE_DTYPES)})")
+    for p in acc["points"]:
+        if not isinstance(p, dict) or not {"width", "lambda_n", "lambda_th", "clean_acc"} <= set(p):
+            raise BundleError(f"{bad}: a point lacks width, lambda_n, lambda_th or clean_acc")
+
+
+def read_build_report(bundle: Bundle) -> dict | None:
+    """The build report beside `bundle` (`build_report_path`), None if there is none; BundleError if unreadable."""
+    path = build_report_path(bundle.path)
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not a readable build report ({exc})") from None
+    if not isinstance(report, dict) or report.get("format") != "floatedge-build-report":
+        raise BundleError(f"{path}: not a floatedge build report")
+    return report
+
+
+def build_report_lines(report: dict, bundle: Bundle) -> list[str]:
+    """What `floatedge build` and `floatedge inspect` print of a build report: the device, then per width the
+    precision kept and why, then per operating point the acceptance figures against the bundle's own."""
+    dev = report.get("device", {})
+    stale = report.get("bundle_manifest_sha256") != bundle.manifest.get("manifest_sha256")
+    lines = [f"built    {report.get('created', '?')} on {dev.get('name') or dev.get('part_number') or '?'} "
+             f"({report.get('backend', '?')} {report.get('backend_version', '')}), cache {report.get('cache', '?')}"
+             + ("  STALE: built from another version of this bundle" if stale else "")]
+    for e in report.get("engines", []):
+        lines.append(f"  width {e['width']:g}: {e['precision']} ({e.get('why', '')}); {e.get('cache', '?')}, "
+                     f"{e.get('build_seconds', 0):.2f} s, {e.get('bytes', 0) / 1e6:.2f} MB")
+    acc = report.get("acceptance") or {}
+    if not acc.get("checked"):
+        lines.append(f"  acceptance: not checked ({acc.get('note', 'no acceptance set in the bundle')})")
+        return lines
+    lines.append(f"  acceptance on {acc.get('n_images')} images, tolerance {acc.get('tolerance_points'):g} points, "
+                 f"agreement ≥ {100 * acc.get('min_agreement', 0):g}%:")
+    head = ["width", "λ_n", "prec", "CA %", "bundle", "RA %", "bundle", "agree %", ""]
+    rows = [head]
+    for r in acc.get("points", []):
+        ra = "—" if r.get("adv_acc") is None else f"{100 * r['adv_acc']:.2f}"
+        ra_ref = "—" if r.get("ref_adv_acc") is None else f"{100 * r['ref_adv_acc']:.2f}"
+        rows.append([f"{r['width']:g}", f"{r['lambda_n']:g}", r["precision"], f"{100 * r['clean_acc']:.2f}",
+                     f"{100 * r['ref_clean_acc']:.2f}", ra, ra_ref, f"{100 * r['agreement']:.2f}",
+                     "ok" if r["passed"] else "FAIL: " + "; ".join(r.get("failures", []))])
+    widths = [max(len(x[i]) for x in rows) for i in range(len(head) - 1)]
+    lines += ["    " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows]
+    return lines
 
 
 def iter_layers(entry: Mapping[str, Any], kind: str | None = None) -> Iterator[dict]:
@@ -455,4 +569,6 @@ __all__ = [
     "SCHEMA_VERSION", "KINDS", "KIND_SCHEMA", "FORMAT", "MANIFEST", "SUFFIX", "INPUT", "LAMBDA", "OUTPUT", "NOISE_SCALE", "USE_ADV",
     "SIGNATURE", "VERIFY_LAMBDAS", "PARITY_TOL", "BundleError", "Bundle", "FileStatus", "open_bundle", "write_bundle",
     "check_manifest", "manifest_checksum", "model_filename", "sha256_bytes", "sha256_file", "iter_layers",
+    "ACCEPTANCE_IMAGES", "ACCEPTANCE_LABELS", "ACCEPTANCE_PREDICTIONS", "ACCEPTANCE_DTYPES", "BUILD_REPORT_SUFFIX",
+    "acceptance_adv_filename", "array_bytes", "build_report_path", "read_build_report", "build_report_lines",
 ]

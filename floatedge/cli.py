@@ -25,12 +25,14 @@ def main() -> None:
 def _register() -> None:
     from floatedge.daemon.cli import COMMANDS as daemon_commands
     from floatedge.devices.cli import COMMANDS as device_commands
+    from floatedge.devices.engine_cli import COMMANDS as engine_commands
     from floatedge.export.cli import COMMANDS as export_commands
     from floatedge.fleet.cli import COMMANDS as fleet_commands
     from floatedge.runtime.cli import COMMANDS as runtime_commands
     from floatedge.train.cli import COMMANDS as train_commands
 
-    for cmd in (*train_commands, *export_commands, *runtime_commands, *device_commands, *daemon_commands, *fleet_commands):
+    for cmd in (*train_commands, *export_commands, *runtime_commands, *device_commands, *engine_commands, *daemon_commands,
+                *fleet_commands):
         main.add_command(cmd)
 
 

@@ -68,7 +68,9 @@ def test_float_round_trip_via_cli(float_bundle, float_run):
     assert "OK:" in result.output and "ORT vs torch" in result.output
     b = open_bundle(float_bundle)
     assert b.widths == (1.0,) and [e["file"] for e in b.manifest["models"]] == [model_filename(1.0)]
-    assert sorted(os.listdir(float_bundle)) == [MANIFEST, model_filename(1.0)]
+    names = sorted(os.listdir(float_bundle))  # the command's default acceptance set: images, labels, predictions, PGD
+    assert [n for n in names if not n.startswith("acceptance_")] == [MANIFEST, model_filename(1.0)]
+    assert {"acceptance_images.npy", "acceptance_labels.npy", "acceptance_predictions.npy"} < set(names)
 
 
 def test_floats_round_trip_three_widths(floats_bundle, floats_run):

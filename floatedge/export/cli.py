@@ -37,12 +37,15 @@ def _widths(ws) -> str:
               help="λ_th baked into every graph (default 0.5; OAT/OATS runs have none and take only 0).")
 @click.option("--eta-dtype", type=click.Choice(["auto", "float16", "float32"]), default="auto", show_default=True,
               help="Storage type of η; auto = float16 if ONNX Runtime still matches PyTorch within 1e-4, else float32.")
+@click.option("--acceptance", "acceptance", type=click.IntRange(min=0), default=512, show_default=True,
+              help="Test images in the acceptance set `floatedge build` proves engines with (PGD-20 images per "
+                   "robust point added); 0 for none.")
 @click.option("--tar", is_flag=True, help="Write one tar file instead of a directory.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--sign", "sign_key", type=click.Path(), default=None,
               help="Sign the bundle with this Ed25519 private key (floatedge keygen).")
 @user_errors
-def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, tar, force, sign_key) -> None:
+def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, acceptance, tar, force, sign_key) -> None:
     """Export a finished run to a deployable bundle: one runtime-scalable ONNX model per width + manifest."""
     from floatedge.export.torch_export import export_bundle
     from floatedge.fsutil import check_destination
@@ -50,7 +53,7 @@ def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, tar
 
     key = load_private_key(sign_key) if sign_key else None  # a bad key fails here, not after the export
     check_destination(out)  # before the minutes of work, not at the rename
-    r = export_bundle(run_dir, out, widths, opset, eval_file, tar, lambda_th, eta_dtype, force)
+    r = export_bundle(run_dir, out, widths, opset, eval_file, tar, lambda_th, eta_dtype, force, acceptance=acceptance)
     click.echo(f"wrote {r.path} ({'tar' if tar else 'directory'}): widths {_widths(r.model_bytes)}, "
                f"{_size(r.bundle_bytes)} ({r.size_ratio:.2f}× a plain export of the same widths, "
                f"{_size(r.plain_bytes)}); η {r.eta_dtype}, max |Δlogits| vs PyTorch {r.parity:.1e}; {r.seconds:.1f} s")
@@ -63,7 +66,7 @@ def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, tar
 @user_errors
 def inspect_cmd(bundle) -> None:
     """Summarise a bundle: model, widths, operating-point table, files and their checksum status."""
-    from floatedge.bundle import MANIFEST, manifest_checksum, open_bundle
+    from floatedge.bundle import MANIFEST, build_report_lines, manifest_checksum, open_bundle, read_build_report
 
     b = open_bundle(bundle, verify=False)
     m = b.manifest
@@ -106,6 +109,16 @@ def inspect_cmd(bundle) -> None:
             click.echo("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     else:
         click.echo("operating points: none recorded (export with --eval FILE)")
+    acc = b.acceptance
+    if acc:
+        robust = sum(1 for p in acc["points"] if p.get("adversarial"))
+        click.echo(f"acceptance set: {acc['n_images']} {acc['dataset']} test images, {len(acc['points'])} points, "
+                   f"{acc['attack']['name']} images for {robust} of them (ε {acc['attack']['eps'] * 255:.3g}/255)")
+    else:
+        click.echo("acceptance set: none (export with --acceptance N; floatedge build cannot prove engines without it)")
+    report = read_build_report(b)
+    for line in build_report_lines(report, b) if report else []:
+        click.echo(line)
     if bad:
         raise click.ClickException(f"{bad} file(s) fail their checksums; the bundle must not be used")
 

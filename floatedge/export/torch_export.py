@@ -43,6 +43,9 @@ from torch import nn
 
 from floatedge import __version__
 from floatedge.bundle import (
+    ACCEPTANCE_IMAGES,
+    ACCEPTANCE_LABELS,
+    ACCEPTANCE_PREDICTIONS,
     FORMAT,
     INPUT,
     KIND_SCHEMA,
@@ -50,6 +53,8 @@ from floatedge.bundle import (
     PARITY_TOL,
     VERIFY_LAMBDAS,
     BundleError,
+    acceptance_adv_filename,
+    array_bytes,
     model_filename,
     open_bundle,
     sha256_file,
@@ -58,15 +63,18 @@ from floatedge.bundle import (
 from floatedge.graph.film import ENC_GRID, ENC_ROWS, film_array_names
 from floatedge.graph.scalable import BN_PARAMS, BN_SETS, ETA_DTYPES, make_scalable, point_tensor_names
 from floatedge.graph.static import freeze
-from floatedge.oppoint import DEFAULT_LAMBDA_TH, OperatingPoint, check_lambda_th, parse_widths
+from floatedge.oppoint import DEFAULT_LAMBDA_TH, OperatingPoint, check_lambda_th, equivalent_lambda, parse_widths
+from floatedge.train.attacks import run_attack
+from floatedge.train.data import DataError, to_float
 from floatedge.train.film import BNFiLM, FiLM, LambdaEncoder
 from floatedge.train.layers import DualBatchNorm2d, NoisyConv2d, NoisyLinear, Normalize
 from floatedge.train.models import FloatModel
-from floatedge.train.trainer import CHECKPOINT, TrainConfig, load_model
+from floatedge.train.trainer import CHECKPOINT, TrainConfig, load_model, load_run_data
 
 DEFAULT_OPSET = 17
 OPSETS = range(13, 21)  # what the legacy exporter of torch 2.x writes and every ORT ≥ 1.17 reads
 PACKAGES = ("torch", "onnx", "onnxruntime", "numpy", "click")
+ACCEPTANCE_ATTACK = "pgd20"
 
 
 class ExportError(ValueError):
@@ -395,10 +403,75 @@ def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, w
             "attacks": result["attacks"], "epochs": result.get("epochs"), "rows": rows}
 
 
+def acceptance_points(table: dict | None, widths: Sequence[float], lambda_th: float, conditional: bool) -> list[OperatingPoint]:
+    """The operating points an acceptance set covers: the calibrated ones (the table's rows at the bundle's λ_th,
+    one per (width, λ_n)), or without a table λ_n 0 and 1 per width (0 only for a model without λ)."""
+    rows = [r for r in (table or {}).get("rows", []) if math.isclose(float(r["lambda_th"]), lambda_th)]
+    pairs = sorted({(float(r["width"]), float(r["lambda_n"])) for r in rows}, key=lambda p: (-p[0], p[1]))
+    if not pairs:
+        pairs = [(w, lam) for w in widths for lam in ((0.0, 1.0) if conditional else (0.0,))]
+    return [OperatingPoint(lam, w, lambda_th) for w, lam in pairs]
+
+
+def _argmax(session, images: np.ndarray, lam: float, batch: int = 256) -> np.ndarray:
+    from .verify import run_scalable
+
+    return np.concatenate([run_scalable(session, images[i:i + batch], lam).argmax(1)
+                           for i in range(0, len(images), batch)]).astype(np.int32)
+
+
+def make_acceptance(model: FloatModel, cfg: TrainConfig, scalable: dict[float, onnx.ModelProto],
+                    points: Sequence[OperatingPoint], lambda_th: float, n: int, seed: int = 0,
+                    batch_size: int = 250) -> tuple[dict, dict[str, bytes]]:
+    """The acceptance set: `n` test images of the run's data set (seeded subset, uint8) with labels, and for each
+    robust point (λ_n > 0, or every point of a PGD-AT run) its PGD-20 images, crafted in torch against the model
+    at that point (the exported fp32 function: parity ≤ PARITY_TOL) and stored as float16. The reference figures
+    and predictions come from ONNX Runtime on the exported models themselves, on the images as stored (the
+    float16 rounding included), so the device compares like with like. Returns (manifest section, files)."""
+    from .verify import ort_session
+
+    try:
+        ds = load_run_data(cfg.dataset, cfg.data, recorded=True)
+    except (DataError, ValueError) as exc:
+        raise ExportError(f"the acceptance set needs the run's test data: {exc}; or pass --acceptance 0") from None
+    ds = ds.limit(test=n, seed=seed)
+    x8 = ds.x_test.numpy().astype(np.uint8)
+    y = ds.y_test.numpy().astype(np.int64)
+    x = to_float(ds.x_test)
+    images = x.numpy()
+    files = {ACCEPTANCE_IMAGES: array_bytes(x8), ACCEPTANCE_LABELS: array_bytes(y)}
+    sessions = {w: ort_session(proto) for w, proto in scalable.items()}
+    preds = np.full((len(points), 2, len(y)), -1, dtype=np.int32)
+    rows = []
+    for i, op in enumerate(points):
+        lam = equivalent_lambda(op, lambda_th)
+        preds[i, 0] = _argmax(sessions[op.width], images, lam)
+        row = {"width": op.width, "lambda_n": op.lambda_n, "lambda_th": op.lambda_th,
+               "clean_acc": float((preds[i, 0] == y).mean()), "adv_acc": None, "adversarial": None}
+        if op.lambda_n > 0 or cfg.method == "pgdat":
+            model.set_operating_point(op)
+            adv = torch.cat([run_attack(ACCEPTANCE_ATTACK, model, x[j:j + batch_size], ds.y_test[j:j + batch_size],
+                                        seed=seed + j, eps=cfg.eps) for j in range(0, len(x), batch_size)])
+            stored = adv.numpy().astype(np.float16)
+            preds[i, 1] = _argmax(sessions[op.width], stored.astype(np.float32), lam)
+            name = acceptance_adv_filename(op.width, op.lambda_n)
+            files[name] = array_bytes(stored)
+            row.update(adv_acc=float((preds[i, 1] == y).mean()), adversarial=name)
+        rows.append(row)
+    files[ACCEPTANCE_PREDICTIONS] = array_bytes(preds)
+    section = {"n_images": len(y), "seed": seed, "dataset": cfg.dataset, "split": "test",
+               "images": {"file": ACCEPTANCE_IMAGES, "dtype": "uint8"}, "labels": ACCEPTANCE_LABELS,
+               "predictions": ACCEPTANCE_PREDICTIONS,
+               "attack": {"name": ACCEPTANCE_ATTACK, "eps": cfg.eps, "steps": 20, "step": cfg.eps / 4, "seed": seed,
+                          "stored_as": "float16", "against": "the exported fp32 model at each point"},
+               "points": rows}
+    return section, files
+
+
 def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] | str | None = None,
                   opset: int = DEFAULT_OPSET, eval_file: str | Path | None = None, tar: bool = False,
                   lambda_th: float | None = None, eta_dtype: str = "auto",
-                  force: bool = False) -> ExportResult:
+                  force: bool = False, acceptance: int = 0) -> ExportResult:
     """Export the finished run in `run_dir` to the bundle `out` (a directory, or one tar file with `tar`).
 
     `eta_dtype` "auto" stores η as float16 when ONNX Runtime still matches PyTorch within PARITY_TOL at
@@ -408,6 +481,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
 
     `lambda_th` None: 0.5 for FLOAT-kind runs; OAT/OATS runs take only 0 (`resolve_lambda_th`). An OAT run
     gives a bundle of kind "oat" (schema version 2): FiLM MLPs in the graph, the same inputs.
+
+    `acceptance` N > 0 adds the acceptance set (`make_acceptance`: N test images, PGD-20 images per robust point)
+    that `floatedge build` proves the device's engines with; 0 (the default here; the command's is 512) none.
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -424,6 +500,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
         if w not in model.widths:
             raise ExportError(f"width {w:g} not trained; {run_dir} has widths {_fmt(model.widths)}")
     table = operating_point_table(eval_file, cfg, ckpt, chosen) if eval_file else None
+    if acceptance < 0:
+        raise ExportError(f"--acceptance must be ≥ 0 images (0: none), got {acceptance}")
     ds = ckpt["dataset"]
     traced = {w: trace_width(model, w, ds["input_shape"], opset) for w in chosen}
     noisy = any(layer.get("noisy") for t in traced.values() for layer in t.layers)
@@ -445,6 +523,11 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
         entry = {"width": w, "file": name, "opset": opset, "layers": traced[w].layers}
         entries.append(entry)
         plain_sizes[w] = len(freeze(proto, entry, OperatingPoint(0.0, w, lambda_th)).SerializeToString())
+    accept = None
+    if acceptance:
+        points = acceptance_points(table, chosen, lambda_th, cfg.noisy or model.is_oat)
+        accept, accept_files = make_acceptance(model, cfg, scalable, points, lambda_th, acceptance)
+        files.update(accept_files)
     kind = "oat" if model.is_oat else "float"
     manifest = {
         "format": FORMAT,
@@ -463,6 +546,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
         "alphas": model.alphas(),
         "models": entries,
         "operating_points": table,
+        "acceptance": accept,
         "provenance": {
             "run": str(run_dir.resolve()),
             "checkpoint_sha256": sha256_file(run_dir / CHECKPOINT),
