@@ -138,8 +138,10 @@ def test_the_marker_is_read(tmp_path, monkeypatch):
 def test_every_command_runs_as_written(tmp_path):
     repo = fresh_copy(tmp_path)
     assert not (repo / "runs").exists() and (repo / "README.md").exists()
+    # one torch/OpenMP thread per command, as in the rest of the suite (conftest): on a shared 2-core machine two
+    # spinning OpenMP threads per command made `floatedge export` take 40 s of CPU instead of 2.6 s
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     skipped = [f"{b}: {b.not_run}" for b in all_blocks() if b.not_run]
     print("illustrative, not run:\n  " + "\n  ".join(skipped))
     for b in to_run():
