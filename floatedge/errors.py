@@ -8,6 +8,8 @@ without importing each other.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
 import click
 
@@ -21,6 +23,9 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
+        except BrokenPipeError:  # `floatedge … | head`: the reader left; not an error of the command
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+            raise SystemExit(0) from None
         except (ValueError, OSError, KeyError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             raise click.ClickException(str(msg).splitlines()[0] if str(msg) else type(exc).__name__) from None

@@ -153,3 +153,11 @@ def test_device_commands_run_with_torch_hidden(command):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Usage:" in proc.stdout
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """`floatedge … | head`: the reader leaving early ends the command quietly with exit 0."""
+    proc = subprocess.run(f"{sys.executable} -m floatedge device catalogue | true; echo ${{PIPESTATUS[0]}}", shell=True,
+                          capture_output=True, text=True, timeout=120, executable="/bin/bash")
+    assert proc.stdout.strip() == "0"
+    assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
