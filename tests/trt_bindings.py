@@ -418,6 +418,28 @@ def check_usage(trt, usage: list[dict]) -> list[str]:
     return [p[1] for p in (use_problem(surface, u) for u in usage) if p]
 
 
+# The modules that touch tensorrt, and where they read attributes of their own objects (self.logger, np.float32).
+TRT_SOURCES = [HERE.parent / "floatedge" / "runtime" / "trt" / f for f in ("loader.py", "runner.py")]
+PYTHON_BASES = {"self", "super()", "np", "path", "key", "d", "images", "slot", "self.api", "self.cuda"}
+
+
+def trt_names_in_source() -> set[str]:
+    """Attribute names in the runner and loader that TensorRT's module, classes or enums define in some version
+    (the snapshot's union), read from their AST, except those read from the runner's own Python objects."""
+    import ast
+
+    real: set[str] = set()
+    for surface in load_snapshot().values():
+        real |= set(surface["module"])
+        for info in surface["classes"].values():
+            real |= set(info["members"] or ())
+        for members in surface["enums"].values():
+            real |= set(members)
+    used = {node.attr for path in TRT_SOURCES for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and ast.unparse(node.value) not in PYTHON_BASES}
+    return used & real
+
+
 def _live(command: str) -> None:
     """Inside the subprocess that imports the bindings."""
     import tensorrt_bindings as trt
