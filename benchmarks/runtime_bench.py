@@ -442,14 +442,23 @@ def instant_switch(bundle: Path, threads: int, clients: int = 4, settle_s: float
         serving = model.describe()["serving"]
         plain = ort.InferenceSession(plain_model(model.bundle, wide).SerializeToString(), session_options(threads),
                                      providers=["CPUExecutionProvider"])
+        # the control: a second plain session against the first, the same way — the ratio two identical
+        # sessions show on this machine now (its noise floor)
+        twin = ort.InferenceSession(plain_model(model.bundle, wide).SerializeToString(), session_options(threads),
+                                    providers=["CPUExecutionProvider"])
         steady = []
         for b in (1, 32):
             xb = _x(model, b)
+            feed = {"images": xb}
             t = interleaved({"runtime": lambda xb=xb: model.infer(xb),
-                             "plain": lambda xb=xb: plain.run(["logits"], {"images": xb})}, steady_rounds, budget_s)
+                             "plain": lambda feed=feed: plain.run(["logits"], feed)}, steady_rounds, budget_s)
+            c = interleaved({"twin": lambda feed=feed: twin.run(["logits"], feed),
+                             "plain": lambda feed=feed: plain.run(["logits"], feed)}, steady_rounds, budget_s)
             steady.append({"batch": b, "runtime_p50_ms": _p50(t["runtime"]), "plain_p50_ms": _p50(t["plain"]),
-                           "ratio": paired_ratio(t["runtime"], t["plain"])})
-            print(f"steady after swap, b={b}: ×{steady[-1]['ratio']:.3f}", flush=True)
+                           "ratio": paired_ratio(t["runtime"], t["plain"]), "rounds": len(t["runtime"]),
+                           "control": paired_ratio(c["twin"], c["plain"])})
+            print(f"steady after swap, b={b}: ×{steady[-1]['ratio']:.3f} (control ×{steady[-1]['control']:.3f})",
+                  flush=True)
         return {"bundle": shown(bundle), "architecture": model.bundle.architecture, "mode": model.mode,
                 "alone_p50_ms": _p50(alone), "idle": idle, "load": load,
                 "steady": {"point": point.to_dict(), "serving": serving, "rows": steady}}
@@ -546,6 +555,7 @@ def observable_section(res: dict) -> str:
         idle = max(m["idle"], key=lambda r: r["effect_ms"])
         one = m["alone_p50_ms"]
         st = {r["batch"]: r["ratio"] for r in m["steady"]["rows"]}
+        ctl = {r["batch"]: r.get("control", float("nan")) for r in m["steady"]["rows"]}
         arch = m["architecture"]
         lines += [
             f"| {arch}: time to effect of a cold λ change, idle (worst of {len(m['idle'])}) vs one request alone "
@@ -553,7 +563,8 @@ def observable_section(res: dict) -> str:
             f"| {arch}: the same under {m['load']['clients']} client threads (worst of {len(cold)}) vs one request's "
             f"compute under that load ({worst['run_p50_before_ms']:.2f} ms) | {worst['effect_ms']:.3f} ms | "
             f"≤ {worst['run_p50_before_ms']:.2f} ms | {verdict(worst['effect_ms'] <= worst['run_p50_before_ms'])} |",
-            f"| {arch}: steady state after the swap / plain export, batch 1 and 32 | ×{st[1]:.3f}, ×{st[32]:.3f} | ≤ 1.03 | "
+            f"| {arch}: steady state after the swap / plain export, batch 1 and 32 (control: two identical plain "
+            f"sessions, {', '.join(f'×{c:.3f}' for c in ctl.values())}) | ×{st[1]:.3f}, ×{st[32]:.3f} | ≤ 1.03 | "
             f"{verdict(max(st.values()) <= 1.03)} |",
             f"| {arch}: failed requests across {len(m['load']['switches'])} switches under load | "
             f"{m['load']['failed']} of {m['load']['requests']} | 0 | {verdict(m['load']['failed'] == 0)} |",
@@ -594,7 +605,8 @@ def observable_section(res: dict) -> str:
                   f"through the bridge and the swap (serving: {st['serving']}), against the plain export of that "
                   "width, side by side: " + ", ".join(
                       f"batch {r['batch']} {r['runtime_p50_ms']:.3f} vs {r['plain_p50_ms']:.3f} ms (×{r['ratio']:.3f} "
-                      "paired)" for r in st["rows"]) + ".", ""]
+                      f"paired over {r.get('rounds', '?')} rounds; two identical plain sessions the same way: "
+                      f"×{r.get('control', float('nan')):.3f})" for r in st["rows"]) + ".", ""]
     g = res.get("gil")
     if g:
         lines += ["### Is `responsive_gil` needed? (ResNet-20, batch 1)", "",
