@@ -45,7 +45,10 @@ def bundle(floats_run, tmp_path_factory) -> Path:
                 "device_memory_size_attr": "device_memory_size", "refit_async": True}),
     ("10.3.0", {"device_memory_size_attr": "device_memory_size_v2", "set_device_memory": "set_device_memory",
                 "weights_validation": True, "cuda_modules": ("cuda", "cuda.bindings", "pycuda")}),
-    ("10.13.3.9", {"cuda_modules": ("cuda.bindings", "cuda", "pycuda")}),
+    ("10.13.3.9", {"cuda_modules": ("cuda.bindings", "cuda", "pycuda"), "strongly_typed": False}),
+    ("8.6.1", {"parser_refitter": False, "strongly_typed": False}),
+    ("11.4.0.106", {"parser_refitter": True, "strongly_typed": True, "explicit_batch_flag": False,
+                    "user_managed_context": "strategy", "device_memory_size_attr": "device_memory_size_v2"}),
 ])
 def test_trt_api_table(version, expect):
     api = TrtApi.for_version(version)
@@ -165,6 +168,59 @@ def test_bn_folding_matches_onnx_batchnormalization(bundle):
     scale, shift = bn_scale_shift(weights[g], weights[b], weights[m], weights[v], eps)
     np.testing.assert_allclose(x * scale[:, None, None] + shift[:, None, None], want, atol=1e-5, rtol=1e-5)
     assert isinstance(node, str) and node
+
+
+@pytest.mark.parametrize("mode", ["materialised", "in-graph"])
+def test_fp16_model_is_float16_inside_float32_outside(bundle, mode):
+    """What a strongly typed TensorRT (11.x, no BuilderFlag.FP16) builds for precision fp16: float16 weights and
+    arithmetic, float32 inputs and outputs (the runner's buffers), results within fp16 rounding of fp32."""
+    from onnx import TensorProto
+
+    from floatedge.graph.static import load_scalable
+    from floatedge.runtime.trt.common import fp16_model
+
+    bnd = open_bundle(bundle)
+    images = parity_images(bnd)
+    point = OperatingPoint(0.8, 0.5, bnd.lambda_th)
+    if mode == "materialised":
+        model = static_model(bnd, point)
+        run = lambda m: ort_session(m).run(["logits"], {"images": images})[0]
+    else:
+        model = load_scalable(bnd, 0.5)[0]
+        run = lambda m: run_scalable(ort_session(m), images, 0.8)
+    half = fp16_model(model)
+    assert {t.data_type for t in half.graph.initializer if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)} \
+        == {TensorProto.FLOAT16}
+    assert all(v.type.tensor_type.elem_type == TensorProto.FLOAT for v in (*half.graph.input, *half.graph.output))
+    assert model.graph.initializer[0].data_type == TensorProto.FLOAT  # the input model is left as it was
+    want, got = run(model), run(half)
+    assert got.dtype == np.float32
+    assert np.abs(got - want).max() <= 0.05 * max(1.0, np.abs(want).max())
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0"])
+def test_runner_refit_weights_tensorrt_refuses_are_an_error(bundle, tmp_path, version, monkeypatch):
+    """A refitter setter that returns False (weights of another count or type) stops the refit with the weight
+    named — before, 8.x went on and kept the old values there; 10.x reports the parser refitter's errors."""
+    from fake_tensorrt import FakeCuda, make_tensorrt
+
+    import floatedge.runtime.trt.runner as runner_mod
+
+    cuda = FakeCuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt(version, cuda))
+    real = runner_mod.freeze
+
+    def misfit(model, entry, point):
+        static = real(model, entry, point)
+        t = next(t for t in static.graph.initializer if t.name == "conv1.weight")
+        t.CopyFrom(numpy_helper.from_array(np.zeros((1, *t.dims[1:]), np.float32), t.name))  # another count
+        return static
+
+    with open_fake(bundle, (None, cuda), tmp_path) as model:
+        monkeypatch.setattr(runner_mod, "freeze", misfit)
+        with pytest.raises(RuntimeError, match="conv1.weight"):
+            model.set_operating_point(lambda_n=0.4)
 
 
 def test_no_cuda_binding_is_a_clear_error():

@@ -256,3 +256,19 @@ def test_fp16_engine_per_version(bundle, tmp_path, version, monkeypatch):
     typed = TrtApi.for_version(version).strongly_typed
     assert all(("FP16" in flags) != typed for flags in trt.built)
     assert {str(w.dtype) for w in weights.values()} == {"float16" if typed else "float32"}
+
+
+def test_bindings_that_cannot_be_installed_skip_here_and_fail_under_ci(monkeypatch, tmp_path):
+    """No network: the live checks skip with the reason on a workstation, and fail where CI is set."""
+    import test_trt_conformance as me
+
+    def offline(version):
+        raise InstallError(f"pip install {VERSIONS[version]} failed (exit 1): no network")
+
+    monkeypatch.setattr(me, "ensure", offline)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="8.6.1 bindings could not be installed here: .*no network"):
+        bindings("8.6.1")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set: .*no network"):
+        bindings("8.6.1")

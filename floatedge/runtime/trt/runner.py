@@ -1,4 +1,4 @@
-"""The native TensorRT backend (8.5, 8.6, 10.x): one engine per width, refit for λ_n, shared activations.
+"""The native TensorRT backend (8.5, 8.6, 10.x, 11.x): one engine per width, refit for λ_n, shared activations.
 
 Design (edge.md §1):
 * **materialised** (the refit mode): per width, two refittable engines built from the static form
@@ -18,6 +18,11 @@ Design (edge.md §1):
   one at a time, on one stream, under one lock — which a single Jetson GPU does anyway.
 * IO through `set_tensor_address` + `execute_async_v3` (8.5+; `samples/python/common_runtime.py`),
   buffers through cuda-python or pycuda (`cuda.py`).
+* fp16: `BuilderFlag.FP16` up to 10.x; 11.x has no such flag (strongly typed only), so there the network itself
+  is made fp16 (`common.fp16_model`) and refits hand it fp16 weights.
+
+Every TensorRT call here is checked, per version (8.6.1, 10.3, newest 10.x and 11.x), against the real bindings'
+signatures by tests/test_trt_conformance.py; where versions differ, `TrtApi` decides, never a hasattr probe.
 
 A request that picked an engine whose weights were replaced since sees a generation mismatch under the
 lock, raises `Stale`, and the base class reruns it on the current engine: never half-switched weights.
