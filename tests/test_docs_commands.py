@@ -2,7 +2,9 @@
 
 Which blocks run: each fenced block labelled `bash`/`sh`/`shell` (run by `bash -euo pipefail`) or `python` (run by
 `python -c`), in document order — README.md first, then docs/*.md by name — all in one working copy, so a doc may
-use what the README's walkthrough made (`runs/floats`, `model.febundle`). Nothing in a block is substituted.
+use what the README's walkthrough made (`runs/floats`, `model.febundle`). Nothing in a block is substituted. A bash
+block runs with `-e`: a failing command fails the block, as a failed step would stop a reader (so a block that starts
+and stops a server must leave exit status 0).
 
 A block is illustrative, and skipped, when the last line before it is `<!-- not-run: REASON -->` (200 epochs on
 CIFAR-10, a Jetson, `pip install`); the reason is required and shown in the test's output. Unlabelled blocks and
