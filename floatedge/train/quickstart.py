@@ -10,7 +10,10 @@ The choices, measured (docs/RESULTS.md, "Quickstart"):
   accuracy; at 0.3 it loses several while robust accuracy rises from ~1% to ~20%.
 * widths 1.0 and 0.25: the narrow network has a quarter of the channels of ResNet-20 (4/8/16), so the two
   widths separate visibly (0.5 trails 1.0 by a point or two, within a few test images of the 297).
-* 20 epochs at lr 0.05, batch 128: the curve is clear, and training takes about a minute on two cores.
+* 20 epochs at lr 0.05, batch 128: the curve is clear, and training takes about a minute.
+* one torch thread: 8×8 convolutions gain little from a second one, and with another job on a two-core machine a
+  two-thread run slowed down a hundredfold (OpenMP threads waiting on each other), a one-thread run only by the
+  share of the core it got.
 """
 from __future__ import annotations
 
@@ -24,4 +27,4 @@ ATTACK = "pgd20"
 
 def quickstart_config(epochs: int = EPOCHS) -> TrainConfig:
     return TrainConfig(method="floats", arch="resnet20", dataset="digits", epochs=epochs, batch_size=128, lr=0.05,
-                       widths=WIDTHS, eps=EPS, step_size=EPS / 4)
+                       widths=WIDTHS, eps=EPS, step_size=EPS / 4, threads=1)
