@@ -212,7 +212,7 @@ class EngineCache:
     """Engines on disk, one directory per key (see the module docstring)."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.root = (Path(root).expanduser() if root else default_cache_dir()).absolute()  # reports outlive the cwd
 
     def dir_for(self, key: EngineKey) -> Path:
         return self.root / key.digest()[:24]
