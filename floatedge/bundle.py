@@ -263,6 +263,14 @@ class FileStatus:
         return f"{self.name}: ok"
 
 
+def unreadable_bundle(path: Path, exc: Exception) -> BundleError:
+    """The one line for a bundle file that cannot be read as a tar (tarfile's own message lists every
+    compression it tried, over several lines)."""
+    if isinstance(exc, tarfile.TarError):
+        return BundleError(f"{path}: not a floatedge bundle (neither a bundle directory nor a tar file)")
+    return BundleError(f"{path}: cannot read the bundle ({getattr(exc, 'strerror', None) or exc})")
+
+
 class _Source:
     """Read files from a bundle directory or a bundle tar, with the same three calls."""
 
@@ -279,10 +287,8 @@ class _Source:
                             self._members[info.name] = info
                         else:
                             self._odd.append(info.name)
-            except tarfile.TarError:
-                raise BundleError(f"{path}: not a floatedge bundle (neither a bundle directory nor a tar file)") from None
-            except OSError as exc:
-                raise BundleError(f"{path}: cannot read the bundle ({exc.strerror or exc})") from None
+            except (tarfile.TarError, OSError) as exc:
+                raise unreadable_bundle(path, exc) from None
         elif not path.is_dir():
             raise BundleError(f"{path}: no such bundle")
 

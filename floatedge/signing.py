@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from floatedge.bundle import MANIFEST, SIGNATURE, Bundle, BundleError, open_bundle
+from floatedge.bundle import MANIFEST, SIGNATURE, Bundle, BundleError, open_bundle, unreadable_bundle
 from floatedge.fsutil import atomic_write
 
 FORMAT = "floatedge-signature"
@@ -206,7 +206,7 @@ def _read_member(path: Path, name: str) -> bytes | None:
             fobj = tf.extractfile(member)
             return fobj.read() if fobj is not None else None
     except (tarfile.TarError, OSError) as exc:
-        raise BundleError(f"{path}: cannot read the bundle ({exc})") from None
+        raise unreadable_bundle(path, exc) from None
 
 
 def _path(bundle: str | Path | Bundle) -> Path:
