@@ -434,6 +434,10 @@ class Governor:
         bud, tun = self.budget, self.tuning
         cur = self.by_key.get((round(obs.width, 6), round(obs.lambda_n, 6)))
         self.events = self._telemetry(obs.telemetry)
+        if self.events:  # what finished before the change shows the old device: the filters start from the prior
+            self._seen = max([self._seen, *(r.done for r in obs.requests)])
+            self._recent = []
+            self._switched_at = obs.now
         self._fold(obs)
         win = self._window(obs)
         snap = obs.telemetry or {}
@@ -472,23 +476,27 @@ class Governor:
         watts_over = bool(bud.power_w) and watts is not None and cur is not None and cur.power_w is not None \
             and watts > bud.power_w
 
-        def fits(p: PointCost) -> bool:
+        def misses(p: PointCost) -> str | None:
+            """The first limit `p` does not meet with the margin, or None."""
             if pred[p.key] > fit_ms:
-                return False
+                return "latency"
             if over and p.compute_ms(win["batch"]) >= cur.compute_ms(win["batch"]):
-                return False  # observed over the bound here: whatever the model says, nothing as slow fits
+                return "latency"  # observed over the bound here: whatever the model says, nothing as slow fits
             pw = self.predict_power(p)
             if bud.power_w and pw is not None and pw > bud.power_w * (1 - tun.margin):
-                return False
+                return "power"
             if watts_over and (pw is None or pw >= self.predict_power(cur)):
-                return False  # measured over the cap here: only points that draw less
+                return "power"  # measured over the cap here: only points that draw less
             if hot and temp >= bud.temp_c and not relief(p, cost):
-                return False  # at the ceiling: only cheaper points
+                return "thermal"  # at the ceiling: only cheaper points
             if hot and temp >= bud.temp_c - tun.temp_hysteresis_c and cost[p.key] > cost[cur.key]:
-                return False  # near it: no step up
+                return "thermal"  # near it: no step up
             if short and not relief(p, rss):
-                return False  # under the memory floor: only points that hold less
-            return True
+                return "memory"  # under the memory floor: only points that hold less
+            return None
+
+        def fits(p: PointCost) -> bool:
+            return misses(p) is None
 
         # -- is the budget broken at the current point?
         broken: list[tuple[str, str]] = []
@@ -577,7 +585,10 @@ class Governor:
             # the current point holds (not broken) but is not the best feasible: stay unless the operator asked
             if self._dirty:
                 self._dirty = False
-                return self._switch(obs, target, "objective", f"budget changed: → {target.label()}{tail}", detail)
+                limit = misses(cur) or "objective"
+                return self._switch(obs, target, limit, f"{cur.label()} does not meet the {limit} limit with the "
+                                                        f"{tun.margin:.0%} margin: → {target.label()} (predicted "
+                                                        f"{self._fmt(pred[target.key])}){tail}", detail)
             return Choice(cur.lambda_n, cur.width, False, "hold", f"{cur.label()} still meets the budget "
                           f"(predicted {self._fmt(pred[cur.key])}){tail}", detail)
         if self._dirty:  # the operator changed the budget: answered now, not after a dwell

@@ -1,4 +1,4 @@
-"""The policy interface the server consults on a timer; this issue ships the "manual" policy.
+"""The policy interface the server consults on a timer, and the "manual" policy (the others: policies.py).
 
 A policy is a pure decision over what the server knows (after Dynamic-OFA's runtime manager,
 `UoS-EEC/DynamicOFA:runtime_demo/`: the policy is a function of a look-up table and recent measurements; the
@@ -23,7 +23,10 @@ from floatedge.oppoint import OperatingPoint
 @dataclass(frozen=True)
 class Context:
     """What a policy decides from: the point now, the bundle's calibration table (CA/RA per point), the
-    widths, recent latencies (seconds, newest last), the latency objective, and the latest telemetry."""
+    widths, recent latencies (seconds, newest last), the latency objective, and the latest telemetry; and for
+    the policies of policies.py, the time (`time.perf_counter()`), the recent requests as tuples (done, e2e
+    seconds, seconds in the model call, λ_n, width, batch; governor.Request) and how many requests the runtime
+    runs at once."""
 
     point: OperatingPoint
     table: list[dict]
@@ -31,6 +34,9 @@ class Context:
     latencies_s: tuple[float, ...] = ()
     slo_s: float = 0.0
     telemetry: dict[str, Any] | None = None
+    now: float = 0.0
+    requests: tuple[tuple, ...] = ()
+    servers: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,11 @@ POLICIES = {"manual": ManualPolicy}
 
 
 def make_policy(name: str, params: dict[str, Any] | None = None) -> Policy:
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; available: {', '.join(POLICIES)}")
-    policy = POLICIES[name]()
+    from .policies import POLICIES as MORE  # static, ladder, governor (they import this module)
+
+    known = {**POLICIES, **MORE}
+    if name not in known:
+        raise ValueError(f"unknown policy {name!r}; available: {', '.join(known)}")
+    policy = known[name]()
     policy.set_params(dict(params or {}))
     return policy
