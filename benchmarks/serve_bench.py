@@ -186,7 +186,7 @@ def main() -> None:
     shutil.copytree(src, bundle) if Path(src).is_dir() else shutil.copy2(src, bundle)
     token = work / "token"
     write_token(token)
-    res: dict = {"bundle": str(src), "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before}}
+    res: dict = {"bundle": os.path.relpath(src, ROOT), "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before}}
     x1 = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     x8 = np.random.default_rng(1).random((8, 3, 32, 32), dtype=np.float32)
 
