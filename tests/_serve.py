@@ -2,7 +2,6 @@
 reference that computes what a response's logits must be from the bundle itself."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -43,22 +42,17 @@ def write_token(path: Path) -> str:
     return token
 
 
-def make_key(keys_dir: Path, key_id: str = "ci"):
-    """An Ed25519 key pair: the public half trusted in `keys_dir`, the private half returned."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+def make_key(keys_dir: Path, name: str = "ci") -> Path:
+    """An Ed25519 key pair (`floatedge.signing`) in `keys_dir`: NAME.pub is trusted there; returns NAME.key."""
+    from floatedge.signing import generate_key
 
-    key = Ed25519PrivateKey.generate()
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    (keys_dir / f"{key_id}.pub").write_bytes(pem)
-    return key
+    return generate_key(keys_dir, name).private
 
 
-def sign(bundle: Path, key, key_id: str = "ci") -> None:
-    sha = open_bundle(bundle).manifest["manifest_sha256"]
-    sig = {"key": key_id, "signature": base64.b64encode(key.sign(sha.encode())).decode()}
-    bundle.with_name(bundle.name + ".sig").write_text(json.dumps(sig))
+def sign(bundle: Path, key: Path) -> str:
+    from floatedge.signing import sign_bundle
+
+    return sign_bundle(bundle, key)
 
 
 def copy_bundle(src: Path, dst: Path) -> Path:

@@ -38,21 +38,20 @@ MODEL = "floats"
 @pytest.fixture(scope="module")
 def site(floats_run, float_run, tmp_path_factory):
     """A bundle directory (A: FLOATS 1/0.75/0.5 signed; B: FLOAT, another model, signed; an unsigned copy of A;
-    a tampered copy of B with B's signature), trusted keys, a token, a config file."""
+    a tampered copy of B with B's signature: `floatedge.signing`), trusted keys, a token, a config file."""
     d = tmp_path_factory.mktemp("serve")
     bundles = d / "bundles"
     a = export_bundle(floats_run, bundles / "floats.febundle").path
     b = export_bundle(float_run, bundles / "float.febundle").path
-    copy_bundle(a, bundles / "unsigned.febundle")
-    t = copy_bundle(b, bundles / "tampered.febundle")
+    key = make_key(d / "keys")
+    sign(a, key)
+    sign(b, key)
+    (copy_bundle(a, bundles / "unsigned.febundle") / "manifest.sig").unlink()
+    t = copy_bundle(b, bundles / "tampered.febundle")  # B's valid signature, then a model file changed
     onnx_file = next(t.glob("*.onnx"))
     data = bytearray(onnx_file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     onnx_file.write_bytes(bytes(data))
-    key = make_key(d / "keys")
-    sign(a, key)
-    sign(b, key)
-    shutil.copy(b.with_name(b.name + ".sig"), t.with_name(t.name + ".sig"))
     (d / "outside.febundle").mkdir()
     token = d / "token"
     write_token(token)
