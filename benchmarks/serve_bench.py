@@ -30,7 +30,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from _results import CIFAR10, FIGURES, ROOT, update_section
+from _results import FIGURES, ROOT, update_section
+from runtime_bench import ensure_bundle  # the same 1-epoch ResNet-20 FLOATS recipe
 
 sys.path.insert(0, str(ROOT / "tests"))
 import tritonclient.grpc as grpcclient  # noqa: E402
@@ -43,18 +44,6 @@ from floatedge.fsutil import atomic_write_text  # noqa: E402
 MODEL = "r20"
 CLIENTS = (1, 2, 4, 8)
 BAR_ADDED_MS, BAR_THROUGHPUT, BAR_KSERVE = 0.5, 0.85, 1.3
-
-
-def ensure_bundle(out: Path, limit: int = 512) -> Path:
-    bundle = out.with_suffix(".febundle")
-    if bundle.exists():
-        return bundle
-    run = [sys.executable, "-m", "floatedge"]
-    subprocess.run([*run, "train", "--method", "floats", "--arch", "resnet20", "--dataset", "cifar10", "--data",
-                    str(CIFAR10), "--limit-train", str(limit), "--epochs", "1", "--widths", "1.0,0.75,0.5", "--out",
-                    str(out), "--quiet", "--threads", "1"], check=True)
-    subprocess.run([*run, "export", str(out), "--out", str(bundle)], check=True)
-    return bundle
 
 
 # ------------------------------------------------------------------------------------------ clients
@@ -177,7 +166,7 @@ def main() -> None:
     load_before = os.getloadavg()
     work = ROOT / "runs" / "serve_bench"
     work.mkdir(parents=True, exist_ok=True)
-    src = args.bundle or ensure_bundle(ROOT / "runs" / "serve_bench_r20")
+    src = args.bundle or ensure_bundle("resnet20", 512, ROOT / "runs" / "serve_bench_r20")
     bdir = work / "bundles"
     if bdir.exists():
         shutil.rmtree(bdir)
