@@ -226,3 +226,17 @@ def test_runtime_opens_and_switches_an_oats_bundle(oats_bundle, oats_run):
             for lam, w in ((0.0, 1.0), (0.7, 1.0), (0.2, 0.5), (1.0, 0.5), (0.7, 1.0)):  # the last one cached
                 assert r.set_operating_point(lambda_n=lam, width=w).lambda_n == lam
                 np.testing.assert_allclose(r.infer(x), torch_logits(model, x, lam, w), atol=1e-4, err_msg=f"{mode} {lam} {w}")
+
+
+@pytest.mark.parametrize("mode", ["in-graph", "materialised"])
+def test_runtime_refuses_a_threshold_on_an_oat_bundle_in_every_mode(oat_bundle, mode):
+    """OAT has no λ_th: the in-graph runtime must refuse it as the materialised one does, not run another λ."""
+    import floatedge.runtime as rt
+
+    with rt.open(str(oat_bundle), mode=mode, threads=1) as r:
+        before = r.operating_point
+        with pytest.raises(OperatingPointError, match="OAT bundle has no λ_th"):
+            r.set_operating_point(lambda_n=0.7, lambda_th=0.5)
+        with pytest.raises(OperatingPointError, match="OAT bundle has no λ_th"):
+            r.run(parity_images(open_bundle(oat_bundle), 1), point={"lambda_n": 0.7, "lambda_th": 0.5})
+        assert r.operating_point == before

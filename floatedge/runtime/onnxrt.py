@@ -291,6 +291,10 @@ class OnnxRuntimeBackend(Backend):
             return None
         return _Session(w.ingraph, lam, w.checks)
 
+    def check_point(self, point: OperatingPoint) -> OperatingPoint:
+        """The bundle's own rule (width present; an OAT bundle refuses λ_th ≠ 0), in every mode."""
+        return self.bundle.check_point(point)
+
     def _input_spec(self) -> InputSpec:
         c, h, w = self.bundle.input_shape
         graph_input = next(i for i in self._width(self.widths[0]).model.graph.input if i.name == INPUT)

@@ -341,6 +341,10 @@ class TensorRTBackend(Backend):
             finally:
                 cuda.pop()
 
+    def check_point(self, point: OperatingPoint) -> OperatingPoint:
+        """The bundle's own rule (width present; an OAT bundle refuses λ_th ≠ 0), in every mode."""
+        return self.bundle.check_point(point)
+
     def _input_spec(self) -> InputSpec:
         c, h, w = self.chw
         return InputSpec(INPUT, c, h, w, max_batch=self.max_batch, check_finite=self.check_finite,
