@@ -21,17 +21,19 @@ from floatedge.errors import user_errors
 @click.option("--bundle-dir", default=None, help="Hot swaps load bundles from here only (default: BUNDLE's directory).")
 @click.option("--state-dir", default=None, help="Where the last good bundle is recorded (default $STATE_DIRECTORY).")
 @click.option("--batching/--no-batching", default=None, help="Dynamic batching (default off; see docs/serve.md).")
+@click.option("--policy", type=click.Choice(["manual", "static", "ladder", "governor"]), default=None,
+              help="Who moves the operating point (default manual; governor: docs/governor.md, settings in [governor]).")
 @click.option("--print-systemd-unit", is_flag=True, help="Print a systemd unit for this command and exit.")
 @user_errors
 def serve_cmd(bundle, config_path, model_name, host, http_port, grpc_port, metrics_port, token_file, bundle_dir,
-              state_dir, batching, print_systemd_unit) -> None:
+              state_dir, batching, policy, print_systemd_unit) -> None:
     """Serve BUNDLE over the Open Inference Protocol v2 (REST and gRPC, as Triton and KServe clients speak it),
     with operating-point control, hot swap, dynamic batching and Prometheus metrics. docs/serve.md."""
     from floatedge.daemon.config import load_config
 
     overrides = {"bundle": bundle, "model_name": model_name, "host": host, "http_port": http_port,
                  "grpc_port": grpc_port, "metrics_port": metrics_port, "token_file": token_file,
-                 "bundle_dir": bundle_dir, "state_dir": state_dir, "batching": batching}
+                 "bundle_dir": bundle_dir, "state_dir": state_dir, "batching": batching, "policy": policy}
     cfg = load_config(config_path, overrides)
     if print_systemd_unit:
         from floatedge.daemon.systemd import unit

@@ -24,7 +24,8 @@ from floatedge.bundle import SUFFIX
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 LIVE = ("slo_ms", "batch_delay_ms", "batch_max", "policy_params", "token_file", "policy_interval_s",
-        "telemetry_interval_s", "log_level")
+        "telemetry_interval_s", "log_level", "governor", "policy")
+POLICY_NAMES = ("manual", "static", "ladder", "governor")  # floatedge/daemon/policy.py, policies.py
 
 
 class ConfigError(ValueError):
@@ -56,8 +57,9 @@ class ServeConfig:
     width: float = 0.0  # 0: the bundle's widest
     pinned: bool = False
     slo_ms: float = 0.0  # p99 latency objective reported against (0: none)
-    policy: str = "manual"
+    policy: str = "manual"  # manual, static, ladder, governor (docs/governor.md)
     policy_params: dict = field(default_factory=dict)
+    governor: dict = field(default_factory=dict)  # the [governor] table: the governor's budget and tuning
     policy_interval_s: float = 1.0
     telemetry_interval_s: float = 1.0
     telemetry_source: str = "auto"  # floatedge.devices sampler source: auto, sysfs, tegrastats, jtop, none; off: no sampler
@@ -86,6 +88,12 @@ class ServeConfig:
     def state_path(self) -> Path | None:
         d = self.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
         return Path(d).expanduser().resolve() if d else None
+
+    @property
+    def params(self) -> dict:
+        """The selected policy's parameters: `[governor]` for the governor (with `policy_params` over it), else
+        `policy_params`."""
+        return {**self.governor, **self.policy_params} if self.policy == "governor" else dict(self.policy_params)
 
     @property
     def max_body_bytes(self) -> int:
@@ -124,6 +132,10 @@ class ServeConfig:
                               f"{self.telemetry_source!r}")
         if not isinstance(self.policy_params, dict):
             raise ConfigError("policy_params must be a table")
+        if not isinstance(self.governor, dict):
+            raise ConfigError("governor must be a table ([governor])")
+        if self.policy not in POLICY_NAMES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICY_NAMES)}, got {self.policy!r}")
         return self
 
 

@@ -4,7 +4,9 @@
   calibrated CA/RA at the point, recent latency against the SLO, the latest telemetry snapshot.
 * `POST /v2/floatedge/point {"lambda_n"?, "width"?}`: switch (reason "manual"); `POST /v2/floatedge/pin`
   (same body, optional) fixes the point against the policy, `POST /v2/floatedge/unpin` releases it.
-* `GET|POST /v2/floatedge/policy {"params": {...}}`: the policy's parameters.
+* `GET|POST /v2/floatedge/policy {"params": {...}}`: the policy's parameters — for the governor its budget (latency
+  bound, power cap, temperature ceiling, memory floor, objective, robustness floor) and tuning, changed live and
+  answered by a decision at once (the response carries it). docs/governor.md.
 * `POST /v2/repository/models/{m}/load {"parameters": {"bundle": "NAME.febundle"}}` (Triton's model repository
   extension, `docs/protocol/extension_model_repository.md`): NAME is a file name in the configured bundle
   directory — never a path — and defaults to the bundle being served (reload after replacing it on disk).
@@ -57,10 +59,12 @@ class Controller:
         self.cfg, self.core, self.metrics, self.state = cfg, core, metrics, state
         self.token = read_token(cfg.token_file) if cfg.token_file else None
         self.keys = load_keys(cfg.trusted_keys) if cfg.trusted_keys else None
-        self.policy: Policy = make_policy(cfg.policy, cfg.policy_params)
+        self.policy: Policy = make_policy(cfg.policy, cfg.params)
         self.telemetry: dict[str, Any] | None = None
         self.telemetry_source = "none"
+        self.last_decision: dict[str, Any] | None = None
         self._swap_lock = threading.Lock()
+        self._tick_lock = threading.Lock()  # one policy decision at a time (timer, live changes)
 
     # ----------------------------------------------------------------------------------- auth
     def authorize(self, header: str | None) -> None:
@@ -80,7 +84,8 @@ class Controller:
             "model": self.cfg.name, "ready": core.ready(),
             "operating_point": core.point().to_dict() if slot else None, "pinned": core.pinned,
             "policy": {"name": self.policy.name, "params": self.policy.params(),
-                       "interval_s": self.cfg.policy_interval_s},
+                       "interval_s": self.cfg.policy_interval_s, "status": getattr(self.policy, "status", None),
+                       "last_decision": self.last_decision},
             "last_switch": core.last_switch, "last_swap": core.last_swap,
             "calibrated": core.calibrated(), "bundle": slot.describe() if slot else None,
             "latency": {"slo_ms": self.cfg.slo_ms, **self.metrics.recent_quantiles()},
@@ -118,28 +123,82 @@ class Controller:
         params = (body or {}).get("params", {})
         if not isinstance(params, dict):
             raise bad("params must be an object")
-        try:
-            self.policy.set_params(params)
-        except ValueError as exc:
-            raise bad(str(exc)) from None
+        profile = self.policy.params().get("profile")
+        with self._tick_lock:
+            try:
+                self.policy.set_params(params)
+            except ValueError as exc:
+                raise bad(str(exc)) from None
         log.info("policy", extra={"event": "policy", "policy": self.policy.name, "params": self.policy.params()})
-        return {"name": self.policy.name, "params": self.policy.params()}
+        if self.policy.params().get("profile") != profile:
+            self.attach()
+        decision = self.policy_tick() if self.policy.name != "manual" else None  # a change is answered now
+        return {"name": self.policy.name, "params": self.policy.params(), "decision": decision}
 
-    def policy_tick(self) -> None:
-        """One policy decision (the server's timer); nothing while pinned or without a model."""
+    def policy_tick(self) -> dict[str, Any] | None:
+        """One policy decision (the server's timer, and at once after a live change); nothing while pinned or
+        without a model. Logged (event "decision") when it moves the point or says something new; returns it."""
         core = self.core
         slot = core.slot
         if slot is None or core.pinned or core.draining:
+            return None
+        with self._tick_lock:
+            now = time.perf_counter()
+            ctx = Context(core.point(), slot.bundle.table(), slot.bundle.widths,
+                          tuple(self.metrics._recent)[-256:], self.cfg.slo_ms / 1e3, self.telemetry, now=now,
+                          requests=tuple(r for r in tuple(core.requests) if r[0] > now - 60.0),
+                          servers=int(getattr(slot.runtime, "concurrency", 0) or 1))
+            decision = self.policy.decide(ctx)
+            status = getattr(self.policy, "status", None)
+            self.metrics.governor.status = status if self.policy.name == "governor" else None
+            if decision is None:
+                return None
+            limit = str(decision.detail.get("limit", "policy"))
+            out = {"policy": self.policy.name, "reason": decision.reason, "limit": limit, "at": time.time(),
+                   "switch": None, "detail": decision.detail}
+            if decision.lambda_n is not None or decision.width is not None:
+                try:
+                    out["switch"] = core.set_point(decision.lambda_n, decision.width, "policy")
+                except ServeError as exc:
+                    log.warning("policy decision refused", extra={"event": "policy_refused", "error": exc.message,
+                                                                   "reason": decision.reason})
+                    return None
+                self.metrics.decisions.labels(self.policy.name, limit).inc()
+                self.last_decision = out  # the last one that moved the point (the status says what holds it now)
+            log.info("decision", extra={"event": "decision", "policy": self.policy.name, "limit": limit,
+                                        "reason": decision.reason, "moved": out["switch"] is not None,
+                                        "to": out["switch"]["to"] if out["switch"] else None,
+                                        "detail": decision.detail})
+            return out
+
+    def attach(self, startup: bool = False) -> None:
+        """Give a policy that takes them (ladder, governor) the profiled points of the bundle being served: the
+        device profile from `floatedge profile` (or the policy's `profile` path), checked for this device, bundle
+        and build. Without one the ladder climbs the widths and the governor holds the point, saying why — except
+        at start-up, where a governor without a profile is a configuration error."""
+        policy, slot = self.policy, self.core.slot
+        if slot is None or not hasattr(policy, "attach"):
             return
-        ctx = Context(core.point(), slot.bundle.table(), slot.bundle.widths,
-                      tuple(self.metrics._recent)[-256:], self.cfg.slo_ms / 1e3, self.telemetry)
-        decision = self.policy.decide(ctx)
-        if decision is not None:
-            try:
-                core.set_point(decision.lambda_n, decision.width, "policy")
-            except ServeError as exc:
-                log.warning("policy decision refused", extra={"event": "policy_refused", "error": exc.message,
-                                                               "reason": decision.reason})
+        from floatedge.devices.profile import load_profile
+
+        from .governor import points_from_profile
+
+        try:
+            prof = load_profile(slot.bundle, policy.params().get("profile") or None)
+            points, problem = points_from_profile(prof, slot.bundle.table(), slot.sha), None
+        except (ValueError, OSError, KeyError) as exc:
+            points, problem = None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        with self._tick_lock:
+            policy.attach(points, problem)
+        problem = problem or getattr(policy, "problem", None)
+        if problem and startup and policy.name == "governor":
+            raise ValueError(f"--policy governor: {problem}")
+        if problem:
+            log.warning("policy has no device profile", extra={"event": "policy_profile", "policy": policy.name,
+                                                               "error": problem})
+        else:
+            log.info("policy has the device profile", extra={"event": "policy_profile", "policy": policy.name,
+                                                             "points": len(points or ()), "profile": prof["path"]})
 
     # ----------------------------------------------------------------------------------- hot swap
     def bundle_path(self, name: Any) -> Path:
@@ -210,6 +269,7 @@ class Controller:
             retired = core.install(new, "swap")
         seconds = time.perf_counter() - t0
         self.record()
+        self.attach()  # the policy's points are the new bundle's (or it says why there are none)
         self.metrics.swaps.labels("ok").inc()
         core.last_swap = {"bundle": path.name, "ok": True, "sha256": new.sha, "seconds": round(seconds, 3),
                           "at": time.time(), "replaced": retired.path.name if retired else None}
@@ -243,12 +303,18 @@ class Controller:
                    if getattr(cfg, k) != getattr(old, k)]
         if cfg.token_file:
             self.token = read_token(cfg.token_file)
+        profile = self.policy.params().get("profile")
         if cfg.policy != self.policy.name:
-            self.policy = make_policy(cfg.policy, cfg.policy_params)
+            with self._tick_lock:
+                self.policy = make_policy(cfg.policy, cfg.params)
+            self.attach()
         else:
-            self.policy.set_params(cfg.policy_params)
+            with self._tick_lock:
+                self.policy.set_params(cfg.params)
+            if self.policy.params().get("profile") != profile:
+                self.attach()
         for k in ("slo_ms", "batch_delay_ms", "batch_max", "policy_params", "token_file", "policy_interval_s",
-                  "telemetry_interval_s", "log_level", "drain_timeout_s"):
+                  "telemetry_interval_s", "log_level", "drain_timeout_s", "governor", "policy"):
             setattr(old, k, getattr(cfg, k))
         self.metrics.set_slo(cfg.slo_ms / 1e3)
         slot = self.core.slot

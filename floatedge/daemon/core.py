@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,8 @@ class Core:
         self.last_swap: dict[str, Any] | None = None
         self._switch_lock = threading.Lock()  # switches and swaps, one at a time
         self.on_point_change: list[Any] = []  # callbacks(point, pinned): state record, sd_notify STATUS
+        # the last requests for the policy (governor.Request's fields: done, e2e s, model call s, λ_n, width, batch)
+        self.requests: deque[tuple] = deque(maxlen=4096)
 
     # ----------------------------------------------------------------------------------- loading
     def open_slot(self, path: Path, point: dict[str, float] | None, check: Any = None) -> Slot:
@@ -202,6 +205,7 @@ class Core:
             resp = InferResponse(slot.name, VERSION, req.id, params, outputs)
             t3 = time.perf_counter()
             self.metrics.success(x.shape[0], t3 - t0, queue_s, t1 - ts, infer_s, t3 - t2)
+            self.requests.append((t3, t3 - t0, infer_s, at.lambda_n, at.width, x.shape[0]))  # deque: atomic
             return resp
         except ServeError:
             self.metrics.failure("REJECTED")

@@ -313,6 +313,7 @@ class Governor:
         self._seen = -math.inf  # newest request already folded into the filters
         self._recent: list[Request] = []  # requests of the last window_s, any point
         self._tele: dict[str, Any] = {}  # what the last snapshot said: mode, throttling, cores, clock
+        self._throttle_scale = 1.0  # the slowdown assumed when throttling started
         self._switched_at = -math.inf
         self._up_at = -math.inf
         self._backoff = 1
@@ -357,8 +358,13 @@ class Governor:
         if now["throttled"] != before["throttled"]:
             reasons = ", ".join(snap.get("throttle_reasons") or ()) or "no reason given"
             events.append(f"throttling {'started' if now['throttled'] else 'ended'} ({reasons})")
-            if now["gpu_mhz"] and before["gpu_mhz"]:
-                scale *= before["gpu_mhz"] / now["gpu_mhz"]
+            if now["throttled"]:  # the clock under load before and after: how much slower the model will run
+                self._throttle_scale = min(4.0, max(1.0, before["gpu_mhz"] / now["gpu_mhz"])) \
+                    if now["gpu_mhz"] and before["gpu_mhz"] else 1.0
+                scale *= self._throttle_scale
+            else:  # undo what the start assumed (the clock now also follows a load that may have stopped)
+                scale /= self._throttle_scale
+                self._throttle_scale = 1.0
         if now["cores"] is not None and before["cores"] is not None and now["cores"] != before["cores"]:
             events.append(f"online CPU cores {before['cores']} → {now['cores']}")
         if events:
@@ -558,8 +564,8 @@ class Governor:
         if self.events:
             detail["events"] = list(self.events)
         self.status = {"point": None if cur is None else cur.label(), "target": target.label(), **detail,
-                       "predicted": {p.label(): self._round(pred[p.key]) for p in self.points},
-                       "fits": [p.label() for p in feasible_all], "notes": notes,
+                       "predicted": [{"lambda_n": p.lambda_n, "width": p.width, "ms": self._round(pred[p.key]),
+                                      "fits": fits(p)} for p in self.points], "notes": notes,
                        "budget": self.budget_dict(), "dwell_s": tun.dwell_s * self._backoff}
         here = cur is not None and target.key == cur.key
         tail = ("; " + "; ".join(notes)) if notes else ""

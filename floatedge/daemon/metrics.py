@@ -100,6 +100,46 @@ class _TelemetryCollector:
                 yield GaugeMetricFamily(name, doc, value=float(v))
 
 
+class _GovernorCollector:
+    """The governor's view after its last decision (floatedge/daemon/governor.py `Governor.status`), as gauges;
+    nothing under another policy."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, Any] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.status
+        if not st:
+            return
+        ms = (("observed_ms", "floatedge_governor_observed_latency_seconds",
+               "Observed latency at the budget's percentile, current point, last window"),
+              ("predicted_ms", "floatedge_governor_predicted_latency_seconds_current",
+               "Predicted latency at the budget's percentile, current point"),
+              ("bound_ms", "floatedge_governor_budget_latency_seconds", "The latency bound the governor keeps"))
+        for key, name, doc in ms:
+            if st.get(key) is not None:
+                yield GaugeMetricFamily(name, doc, value=st[key] / 1e3)
+        for key, name, doc in (("slowdown", "floatedge_governor_slowdown",
+                                "Estimated slowdown at the percentile: observed model-call time / profiled (Kalman)"),
+                               ("rate_per_s", "floatedge_governor_arrival_rate", "Requests per second, last window")):
+            if st.get(key) is not None:
+                yield GaugeMetricFamily(name, doc, value=float(st[key]))
+        yield GaugeMetricFamily("floatedge_governor_violation", "1 while no point meets the budget",
+                                value=1.0 if st.get("violation") else 0.0)
+        budget = st.get("budget") or {}
+        if budget.get("floor") is not None:
+            yield GaugeMetricFamily("floatedge_governor_robustness_floor", "The robustness floor (λ_n ≥ floor)",
+                                    value=float(budget["floor"]))
+        points = [p for p in st.get("predicted") or () if p.get("ms") is not None]
+        if points:
+            g = GaugeMetricFamily("floatedge_governor_predicted_latency_seconds",
+                                  "Predicted latency at the budget's percentile, per operating point",
+                                  labels=["lambda_n", "width"])
+            for p in points:
+                g.add_metric([f"{p['lambda_n']:g}", f"{p['width']:g}"], p["ms"] / 1e3)
+            yield g
+
+
 class Metrics:
     """The server's metrics in their own registry (served on the metrics port by `prometheus_client`)."""
 
@@ -131,6 +171,10 @@ class Metrics:
         self.swaps = Counter("floatedge_swaps", "Hot swaps of the bundle, by result", ["result"], registry=r)
         self.batch = Histogram("floatedge_batch_images", "Images per model execution", buckets=BATCH_BUCKETS,
                                registry=r)
+        self.decisions = Counter("floatedge_policy_decisions", "Policy decisions that moved the point, by policy and "
+                                 "the limit behind them", ["policy", "limit"], registry=r)
+        self.governor = _GovernorCollector()
+        r.register(self.governor)
         self._recent: deque[float] = deque(maxlen=RECENT)
         r.register(self._RecentCollector(self._recent))
         self._slo_s = 0.0

@@ -104,6 +104,7 @@ class Server:
         slot = self.core.open_slot(path, point, check=self.control.check)
         self.core.on_point_change.append(self._point_changed)
         self.core.install(slot, "startup")
+        self.control.attach(startup=True)  # the governor's device profile for this bundle, checked
         self.control.record()
 
     def _point_changed(self, point: Any, pinned: bool, reason: str) -> None:
