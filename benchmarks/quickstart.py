@@ -7,6 +7,7 @@ docs/RESULTS.md with its trade-off table, the runtime's latency per point and th
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 
@@ -24,10 +25,12 @@ def main() -> None:
     args = ap.parse_args()
     out = ROOT / "runs" / "quickstart-bench"
     shutil.rmtree(out, ignore_errors=True)
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     summary = run_quickstart(out, args.epochs, echo=lambda _line: None, progress=False)
     wall = time.perf_counter() - t0
     result, points, secs = summary["result"], summary["points"], summary["seconds"]
+    result = dict(result, run=str(out.relative_to(ROOT)))  # no paths of this machine in the record
     atomic_write_json(FIGURES / "quickstart.json", {"eval": result, "runtime": points, "seconds": secs, "wall": wall})
     png = out / "eval.png"
     atomic_write(FIGURES / "quickstart.png", lambda f: f.write(png.read_bytes()))
@@ -43,7 +46,8 @@ Written by `benchmarks/quickstart.py` (the pipeline of `floatedge quickstart`, f
 ResNet-20, widths {', '.join(f'{w:g}' for w in WIDTHS)}, {args.epochs} epochs on scikit-learn's 8×8 digits (1,500
 training, {result['n_images']} test images; one test image is {100 / result['n_images']:.2f} points), trained and
 attacked at ε = {EPS:g} (why: `floatedge/train/quickstart.py`), PGD-20 with step ε/4. Machine: {machine()}; 2 vCPU
-shared with other jobs, so the seconds are an upper bound.
+shared with other jobs (load average {load:.1f} when it started, {os.getloadavg()[0]:.1f} when it ended), so the
+seconds are an upper bound.
 
 Wall time {wall:.0f} s: training {secs['train']:.0f} s, evaluation {secs['eval']:.0f} s, export {secs['export']:.0f} s,
 runtime {secs['runtime']:.0f} s.
