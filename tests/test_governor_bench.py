@@ -1,0 +1,63 @@
+"""The governor benchmark's metric code (benchmarks/governor.py) on a hand-made request log with known answers."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from governor import beats, hindsight, oracle, policy_metrics, reaction_times, table_scores, windows  # noqa: E402
+
+WIDE, NARROW = (1.0, 1.0), (1.0, 0.5)
+SCORES = {WIDE: (0.40, 0.70), NARROW: (0.20, 0.60)}
+BOUND = 50.0
+
+
+def row(t, ms, point, ok=True):
+    return (t, ms, point[0], point[1], ok)
+
+
+def test_table_scores_take_the_bundle_threshold_and_the_first_attack():
+    table = [{"lambda_n": 1.0, "width": 1.0, "lambda_th": 0.5, "clean_acc": 0.7, "pgd20_acc": 0.4},
+             {"lambda_n": 1.0, "width": 1.0, "lambda_th": 0.0, "clean_acc": 0.1, "pgd20_acc": 0.1}]
+    assert table_scores(table, 0.5) == {WIDE: (0.4, 0.7)}
+
+
+def test_policy_metrics_on_a_hand_made_log():
+    # 10 requests: 6 wide (2 over the bound), 3 narrow, 1 failed
+    log = [row(0.1 * i, 60.0 if i in (1, 4) else 20.0, WIDE) for i in range(6)]
+    log += [row(1 + 0.1 * i, 10.0, NARROW) for i in range(3)] + [row(2.0, 5.0, NARROW, ok=False)]
+    m = policy_metrics(log, SCORES, BOUND)
+    assert m["n"] == 10 and m["failed"] == 1
+    assert m["violation_rate"] == pytest.approx(3 / 10)  # 2 over the bound + the failed one
+    assert m["ra"] == pytest.approx((6 * 0.40 + 3 * 0.20) / 9) and m["ca"] == pytest.approx((6 * 0.7 + 3 * 0.6) / 9)
+
+
+def test_windows_oracle_and_hindsight():
+    # two static runs over 3 windows of 2 s: wide meets the bound in windows 0 and 2, breaks it in window 1
+    wide = [row(0.5, 20, WIDE), row(1.5, 20, WIDE), row(2.5, 90, WIDE), row(3.5, 80, WIDE), row(4.5, 30, WIDE)]
+    narrow = [row(0.5, 10, NARROW), row(2.5, 15, NARROW), row(3.0, 12, NARROW), row(4.5, 11, NARROW)]
+    assert [len(w) for w in windows(wide, 6.0)] == [2, 2, 1]
+    o = oracle({WIDE: wide, NARROW: narrow}, SCORES, BOUND, 6.0)
+    assert o["choices"] == [WIDE, NARROW, WIDE]
+    assert o["n"] == 2 + 2 + 1 and o["violation_rate"] == 0.0
+    assert o["ra"] == pytest.approx((2 * 0.4 + 2 * 0.2 + 1 * 0.4) / 5)
+    # a window where nothing met: the run with the fewest violations there
+    worse = [row(2.5, 70, NARROW), row(3.0, 12, NARROW)]
+    o = oracle({WIDE: wide, NARROW: worse}, SCORES, BOUND, 6.0)
+    assert o["choices"][1] == NARROW and o["violation_rate"] == pytest.approx(1 / 5)
+    stat = {"wide": policy_metrics(wide, SCORES, BOUND), "narrow": policy_metrics(narrow, SCORES, BOUND)}
+    assert hindsight(stat) == "narrow"  # wide breaks the bar (40%), narrow is within it
+    stat["narrow"]["violation_rate"] = 0.5
+    assert hindsight(stat) == "wide"  # none within: the fewest violations
+
+
+def test_reaction_times_and_who_beats_whom():
+    changes = [(10.0, "worse", True), (20.0, "better", False), (30.0, "worse", True)]
+    moves = [(10.4, -0.25), (12.0, -0.25), (26.0, +0.5)]  # the last change is never answered
+    assert reaction_times(changes, moves, 40.0) == [pytest.approx(0.4), pytest.approx(6.0), None]
+    g = {"violation_rate": 0.005, "ra": 0.30}
+    assert beats(g, {"violation_rate": 0.04, "ra": 0.30}) and beats(g, {"violation_rate": 0.005, "ra": 0.25})
+    assert not beats(g, {"violation_rate": 0.001, "ra": 0.35}) and not math.isnan(g["ra"])
