@@ -9,13 +9,11 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from _fleet import Fleet, fe, link, state
 from test_bundle import FILES, _manifest
 
 from floatedge.bundle import open_bundle, write_bundle
@@ -149,11 +147,6 @@ needs_ansible = pytest.mark.skipif(shutil.which("ansible-playbook") is None and
                                    reason="ansible-core is not installed (pip install -e '.[fleet]')")
 
 
-def _fe(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "floatedge", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
 @needs_ansible
 def test_deploy_refuses_bad_input_before_touching_a_device(tmp_path, tars):
     (signed, _, unsigned), kp = tars
@@ -171,159 +164,18 @@ def test_deploy_refuses_bad_input_before_touching_a_device(tmp_path, tars):
         (["deploy", tmp_path / "nope.febundle", "-i", inv], "no such bundle"),
     ]
     for args, expected in cases:
-        r = _fe(*args)
+        r = fe(*args)
         assert r.returncode == 1 and expected in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
         assert "Traceback" not in r.stderr
     assert not (tmp_path / "ra").exists()  # nothing was touched
 
 
 # ------------------------------------------------------------------------------------------ the real thing
-def _netns_problem() -> str | None:
-    """Why network-namespace hosts with sshd cannot be made here, or None. FLOATEDGE_TEST_LOCAL_HOSTS=1 takes the
-    fallback on purpose (to check it)."""
-    if os.environ.get("FLOATEDGE_TEST_LOCAL_HOSTS"):
-        return "FLOATEDGE_TEST_LOCAL_HOSTS is set"
-    if os.geteuid() != 0:
-        return "not root"
-    for tool in ("ip", "ssh", "ssh-keygen"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found (apt-get install iproute2 openssh-client)"
-    if not Path("/usr/sbin/sshd").exists():
-        return "/usr/sbin/sshd not found (apt-get install openssh-server)"
-    probe = f"feprobe{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"ip netns add failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-class Fleet:
-    """Jetsons on this machine: per host a simulated device tree and, where namespaces work, a network namespace
-    joined by a veth pair, with an sshd on its own config, port and host key; the controller's key is made here."""
-
-    PORT = 2222
-
-    def __init__(self, base: Path) -> None:
-        self.base, self.hosts, self.procs, self.netns, self.mounts = base, {}, [], [], []
-        self.problem = _netns_problem()
-        self.simulated = _fe("device", "simulate", "--help").returncode == 0
-        self.notes = [] if self.simulated else ["`floatedge device simulate` is not available: plain root directories"]
-        if self.problem:
-            self.notes.append(f"network namespaces unavailable ({self.problem}): ansible_connection=local, separate roots")
-        else:
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "id_ed25519")], check=True)
-        pid = os.getpid()
-        self.net = f"10.{200 + pid % 50}.{(pid // 50) % 250}"
-        self.tag = f"fe{pid % 100000}"
-
-    def add(self, name: str, module: str, disk: str | None = None) -> Path:
-        """A host `name` simulating `module`; `disk` (e.g. '8m'): its release store is a tmpfs of that size."""
-        i = len(self.hosts)
-        root = self.base / name / "root"
-        if self.simulated:
-            r = _fe("device", "simulate", module, "--root", root)
-            assert r.returncode == 0, r.stderr
-        else:
-            root.mkdir(parents=True)
-        if disk:
-            store = root / agent.STATE_DIR.lstrip("/")
-            store.mkdir(parents=True)
-            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={disk}", "tmpfs", str(store)], check=True)
-            self.mounts.append(store)
-        host = {"root": root, "module": module}
-        if not self.problem:
-            host.update(self._namespace(name, i))
-        self.hosts[name] = host
-        return root
-
-    def _namespace(self, name: str, i: int) -> dict:
-        ns, outer, inner = f"{self.tag}n{i}", f"{self.tag}h{i}", f"{self.tag}d{i}"
-        here, there = f"{self.net}.{4 * i + 1}", f"{self.net}.{4 * i + 2}"
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        self.netns.append(ns)
-        for cmd in (["ip", "link", "add", outer, "type", "veth", "peer", "name", inner],
-                    ["ip", "link", "set", inner, "netns", ns],
-                    ["ip", "addr", "add", f"{here}/30", "dev", outer], ["ip", "link", "set", outer, "up"],
-                    ["ip", "-n", ns, "addr", "add", f"{there}/30", "dev", inner], ["ip", "-n", ns, "link", "set", inner, "up"],
-                    ["ip", "-n", ns, "link", "set", "lo", "up"]):
-            subprocess.run(cmd, check=True, capture_output=True)
-        d = self.base / name / "sshd"
-        d.mkdir(parents=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
-        shutil.copy(self.base / "id_ed25519.pub", d / "authorized_keys")
-        (d / "sshd_config").write_text(
-            f"Port {self.PORT}\nListenAddress {there}\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
-            f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\nLogLevel ERROR\n")
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
-        self.procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "/usr/sbin/sshd", "-D", "-e", "-f",
-                                            str(d / "sshd_config")], stderr=open(d / "sshd.log", "w")))
-        with open(self.base / "known_hosts", "a") as f:
-            f.write(f"[{there}]:{self.PORT} {(d / 'host_key.pub').read_text()}")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection((there, self.PORT), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, (d / "sshd.log").read_text()
-                time.sleep(0.2)
-        return {"ns": ns, "address": there}
-
-    def inventory(self, unreachable: str | None = None) -> Path:
-        """An inventory of every host (plus `unreachable`: a host where no sshd listens)."""
-        py = sys.executable
-        lines = ["[jetsons]"]
-        for name, h in self.hosts.items():
-            if self.problem:
-                lines.append(f"{name} ansible_connection=local floatedge_root={h['root']}")
-            else:
-                lines.append(f"{name} ansible_host={h['address']} ansible_port={self.PORT} floatedge_root={h['root']}")
-        if unreachable:
-            address = next(iter(self.hosts.values())).get("address", "127.0.0.1")
-            lines.append(f"{unreachable} ansible_connection=ssh ansible_host={address} ansible_port=1 "
-                         f"floatedge_root={self.base / unreachable}")
-        # one variable a line in a [group:vars] section; the interpreter and floatedge: this checkout's, as installed
-        lines += ["", "[jetsons:vars]", f"ansible_python_interpreter={py}", "floatedge_install=none", f"floatedge_python={py}",
-                  "ansible_user=root", f"ansible_ssh_private_key_file={self.base / 'id_ed25519'}",
-                  f"ansible_ssh_common_args='-o UserKnownHostsFile={self.base / 'known_hosts'} -o StrictHostKeyChecking=yes "
-                  "-o ConnectTimeout=10'"]
-        inv = self.base / "inventory.ini"
-        inv.write_text("\n".join(lines) + "\n")
-        return inv
-
-    def close(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            p.wait(timeout=10)
-        for ns in self.netns:  # sessions the sshds forked (Ansible's persistent connections): ours, ended by pid
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), 15)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        for m in self.mounts:
-            subprocess.run(["umount", "-l", str(m)], capture_output=True)
-
-
 @pytest.fixture
 def fleet(tmp_path):
     f = Fleet(tmp_path)
     yield f
     f.close()
-
-
-def _state(root: Path) -> Path:
-    return root / agent.STATE_DIR.lstrip("/")
-
-
-def _link(root: Path, name: str) -> str | None:
-    p = _state(root) / name
-    return Path(os.readlink(p)).name if p.is_symlink() else None
 
 
 @needs_ansible
@@ -346,7 +198,7 @@ def test_two_jetsons_over_ssh_deploy_fail_and_roll_back(fleet, float_run, tmp_pa
     report = tmp_path / "report.json"
 
     # 1. v1 to both, signature checked here and on each device (their trusted keys come with the deploy)
-    r = _fe("deploy", v1, "-i", inv, "--limit", "jetson-a:jetson-b", "--trust", kp.public.parent, "--report", report)
+    r = fe("deploy", v1, "-i", inv, "--limit", "jetson-a:jetson-b", "--trust", kp.public.parent, "--report", report)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     rep = json.loads(report.read_text())
     hosts = {h["host"]: h for h in rep["hosts"]}
@@ -355,8 +207,8 @@ def test_two_jetsons_over_ssh_deploy_fail_and_roll_back(fleet, float_run, tmp_pa
     if fleet.simulated:
         assert hosts["jetson-a"]["module"] == "Jetson Orin Nano 8GB" and hosts["jetson-b"]["module"] == "Jetson Nano 4GB"
     for root in (root_a, root_b):
-        assert _link(root, "current") == r1 and _link(root, "previous") is None
-        staged = _state(root) / "current" / agent.BUNDLE
+        assert link(root, "current") == r1 and link(root, "previous") is None
+        staged = state(root) / "current" / agent.BUNDLE
         assert hashlib.sha256(staged.read_bytes()).hexdigest()[:12] == r1
         assert (root / agent.TRUST_DIR / kp.public.name).exists()
         unit = root / agent.UNIT_DIR / agent.UNIT
@@ -364,15 +216,15 @@ def test_two_jetsons_over_ssh_deploy_fail_and_roll_back(fleet, float_run, tmp_pa
         assert details["signature"] == f"trusted: key {kp.key_id}"
         assert details["build"].startswith(("ran", "skipped")) and details["profile"].startswith(("ran", "skipped"))
         if details["unit"] == "ran":  # the server's own unit, for this release's bundle and config
-            assert f"serve {_state(root) / 'releases' / r1 / agent.BUNDLE}" in unit.read_text()
+            assert f"serve {state(root) / 'releases' / r1 / agent.BUNDLE}" in unit.read_text()
             assert "trusted_keys" in (root / agent.CONFIG_LINK).read_text()
     assert "no service manager" in hosts["jetson-a"]["details"]["service"]
 
     # 2. v2 to all three: jetson-b's disk is full mid-copy, jetson-c is unreachable; jetson-a goes ahead
-    store_b = _state(root_b)
+    store_b = state(root_b)
     free = shutil.disk_usage(store_b).free
     (store_b / "filler").write_bytes(b"\0" * (free - v2_size(v2) // 2))
-    r = _fe("deploy", v2, "-i", inv, "--trust", kp.public.parent, "--report", report)
+    r = fe("deploy", v2, "-i", inv, "--trust", kp.public.parent, "--report", report)
     (store_b / "filler").unlink()
     assert r.returncode == 1, r.stdout[-3000:]
     err = r.stderr.strip()
@@ -383,16 +235,16 @@ def test_two_jetsons_over_ssh_deploy_fail_and_roll_back(fleet, float_run, tmp_pa
     assert hosts["jetson-a"]["outcome"] == "deployed" and hosts["jetson-a"]["previous"] == r1
     assert hosts["jetson-b"]["outcome"] == "failed" and "No space left on device" in hosts["jetson-b"]["error"]
     assert hosts["jetson-c"]["outcome"] == "unreachable"
-    assert (_link(root_a, "current"), _link(root_a, "previous")) == (r2, r1)
-    assert (_link(root_b, "current"), _link(root_b, "previous")) == (r1, None)  # the previous bundle keeps serving
+    assert (link(root_a, "current"), link(root_a, "previous")) == (r2, r1)
+    assert (link(root_b, "current"), link(root_b, "previous")) == (r1, None)  # the previous bundle keeps serving
     assert sorted(os.listdir(store_b / "releases")) == [r1] and not os.listdir(store_b / "incoming")  # no half copy
-    open_bundle(_state(root_b) / "current" / agent.BUNDLE)
+    open_bundle(state(root_b) / "current" / agent.BUNDLE)
 
     # 3. roll jetson-a back: v1 serves again, v2 is kept as previous
-    r = _fe("deploy", "-i", inv, "--rollback", "--limit", "jetson-a", "--report", report)
+    r = fe("deploy", "-i", inv, "--rollback", "--limit", "jetson-a", "--report", report)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     assert json.loads(report.read_text())["hosts"][0]["outcome"] == "rolled back"
-    assert (_link(root_a, "current"), _link(root_a, "previous")) == (r1, r2)
+    assert (link(root_a, "current"), link(root_a, "previous")) == (r1, r2)
     assert "floatedge rollback" in r.stdout and "rolled back" in r.stdout
 
 
