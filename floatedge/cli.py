@@ -4,6 +4,7 @@ stage: to collect their commands, and for `quickstart`, the one command that run
 (train → evaluate → export → runtime). No stage imports it."""
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -56,7 +57,13 @@ def quickstart_cmd(out: str, epochs: int, quiet: bool) -> None:
     Example:
       floatedge quickstart && floatedge inspect runs/quickstart/model.febundle
     """
-    run_quickstart(Path(out), epochs, progress=not quiet)
+    from floatedge.train.cli import report_interrupt
+
+    try:
+        run_quickstart(Path(out), epochs, progress=not quiet)
+    except KeyboardInterrupt:
+        again = "floatedge quickstart" + ("" if out == "runs/quickstart" else f" --out {shlex.quote(out)}")
+        report_interrupt(out, epochs, again)
 
 
 def run_quickstart(out: Path, epochs: int, echo: Callable[[str], None] = click.echo, progress: bool = True) -> dict:

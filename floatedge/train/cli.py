@@ -134,7 +134,7 @@ def train_cmd(method, arch, dataset, data_path, epochs, batch_size, lr, weight_d
     try:
         train(cfg, out, resume=resume, progress=not quiet)
     except KeyboardInterrupt:
-        _interrupted(out, cfg.epochs)
+        report_interrupt(out, cfg.epochs, f"floatedge train --out {shlex.quote(str(out))} --resume")
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     after = epochs_done(out)
@@ -149,7 +149,7 @@ def train_cmd(method, arch, dataset, data_path, epochs, batch_size, lr, weight_d
                f"trained now), loss {last['loss']:.3f}, {accs} → {out}")
 
 
-def _interrupted(out: str, total: int) -> None:
+def report_interrupt(out: str | Path, total: int, resume_command: str) -> None:
     """Ctrl-C during training: say what is saved and how to continue, exit 130 (the shell's code for SIGINT)."""
     from floatedge.train.trainer import epochs_done
 
@@ -158,7 +158,7 @@ def _interrupted(out: str, total: int) -> None:
         click.echo(f"Interrupted after the last epoch; all {total} are saved in {out}.", err=True)
     elif saved:
         click.echo(f"Interrupted during epoch {saved + 1} of {total}. Epochs 1–{saved} are saved in {out}; continue "
-                   f"with: floatedge train --out {shlex.quote(str(out))} --resume", err=True)
+                   f"with: {resume_command}", err=True)
     else:
         click.echo(f"Interrupted during epoch 1 of {total}: no epoch finished, so nothing was saved.", err=True)
     raise click.exceptions.Exit(130)
