@@ -112,14 +112,14 @@ def train_cmd(method, arch, dataset, data_path, epochs, batch_size, lr, weight_d
       floatedge train --method floats --widths 1,0.5 --dataset cifar10 --data DATA --out runs/floats
       floatedge train --out runs/floats --resume --epochs 300
     """
-    from floatedge.train.trainer import TrainConfig, epochs_done, load_checkpoint, read_log, train
+    from floatedge.train.trainer import CHECKPOINT, TrainConfig, epochs_done, load_checkpoint, read_log, train
 
     kwargs = dict(method=method, arch=arch, dataset=dataset, data=data_path, epochs=epochs, batch_size=batch_size,
                   lr=lr, weight_decay=weight_decay, widths=widths, lam=lam, noise_mode=noise_mode, eps=eps,
                   step_size=step_size, pgd_steps=pgd_steps, limit_train=limit_train, seed=seed, device=device,
                   amp=not no_amp, threads=threads, film_dim=film_dim)
     before = 0
-    if resume and epochs_done(out):
+    if resume and (Path(out) / CHECKPOINT).exists():
         ckpt = load_checkpoint(out)
         saved, before = ckpt["config"], int(ckpt["epoch"])
         ctx = click.get_current_context()
