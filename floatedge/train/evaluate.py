@@ -263,7 +263,7 @@ def place_labels(ax, points: Sequence[tuple[float, float, str, str]], fontsize: 
         best = None
         for scale in (1, 2, 3):
             for dx, dy, ha, va in _OFFSETS:
-                t = ax.annotate(", ".join(grp["texts"]), grp["xy"], xytext=(dx * scale, dy * scale),
+                t = ax.annotate(", ".join(sorted(grp["texts"], key=_as_number)), grp["xy"], xytext=(dx * scale, dy * scale),
                                 textcoords="offset points", ha=ha, va=va, fontsize=fontsize, color=grp["colour"])
                 bb = t.get_window_extent(renderer)
                 crowd = sum(_overlap(bb, o) for o in placed + marker_boxes) + (0 if _inside(bb, frame) else 1e6)
@@ -280,6 +280,13 @@ def place_labels(ax, points: Sequence[tuple[float, float, str, str]], fontsize: 
         placed.append(best[2])
         out.append(best[1])
     return out
+
+
+def _as_number(text: str) -> tuple:
+    try:
+        return (0, float(text), text)
+    except ValueError:
+        return (1, 0.0, text)
 
 
 def _box(px, r: float):
