@@ -125,6 +125,25 @@ def test_rollback_without_a_previous_release_says_so(device, tars):
         agent.rollback(device)
 
 
+def test_a_release_prepared_before_keeps_its_engines_and_profile(device, tars):
+    """A redeploy after a rollback: same floatedge, arguments and settings → nothing is rebuilt or re-profiled;
+    another setting → prepared again (here it runs the real `floatedge build`, which refuses the stand-in model)."""
+    (a, _, _), _ = tars
+    rid = _incoming(device, a)
+    agent.stage(device, rid, _sha(a), None)
+    ran = {"ran": True, "seconds": 12.5}
+    recipe = {"floatedge": agent.__version__, "build_args": "", "profile_args": "", "config": {}}
+    device.update_record(rid, build=ran, profile=ran, unit={"ran": True}, recipe=recipe)
+    (device.release(rid) / "serve.toml").write_text("")
+    out = agent.prepare(device, rid, "", "", {})
+    assert out["reused"] and out["summary"]["build"] == "reused (ran (12.5 s) when first deployed)"
+    try:
+        out = agent.prepare(device, rid, "", "", {"slo_ms": 20})
+        assert not out["reused"]
+    except FleetError as exc:  # prepared again: `floatedge build` ran on the synthetic model and said no
+        assert "floatedge build failed" in str(exc)
+
+
 def test_server_settings_become_toml():
     text = agent.toml_config({"trusted_keys": "/etc/k", "http_port": 8000, "batching": True, "policy_params": {"a": 1.5}})
     import tomllib

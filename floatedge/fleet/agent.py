@@ -310,17 +310,24 @@ def _signature_of(dev: Device, rid: str) -> dict:
 
 def prepare(dev: Device, rid: str, build_args: str, profile_args: str, settings: dict) -> dict:
     """Build and profile for this device (when this floatedge has `build` / `profile`), then write the server's
-    config and its systemd unit (when it has `serve --print-systemd-unit`) into the release directory."""
+    config and its systemd unit (when it has `serve --print-systemd-unit`) into the release directory. A release
+    prepared before by the same floatedge with the same arguments and settings (a redeploy after a rollback) keeps
+    what it has: its engines and profile are this device's already."""
     rdir = dev.release(rid)
     if not rdir.is_dir():
         raise FleetError(f"release {rid} is not staged on this device")
-    bundle, engines = rdir / BUNDLE, rdir / "engines"
-    commands = available_commands()
-    rec: dict = {"build": run_step("build", dev, bundle, engines, build_args, commands)}
-    rec["profile"] = run_step("profile", dev, bundle, engines, profile_args, commands)
     cfg = dict(settings)
     if dev.trust_dir is not None:
         cfg.setdefault("trusted_keys", str(dev.trust_dir))
+    recipe = {"floatedge": __version__, "build_args": build_args, "profile_args": profile_args, "config": cfg}
+    old = dev.record(rid)
+    if old.get("recipe") == recipe and (rdir / "serve.toml").is_file():
+        rec = {k: old[k] for k in ("build", "profile", "unit")}
+        return {"release": rid, **rec, "reused": True, "summary": {**_summary(rec, reused=True), **_signature_of(dev, rid)}}
+    bundle, engines = rdir / BUNDLE, rdir / "engines"
+    commands = available_commands()
+    rec = {"build": run_step("build", dev, bundle, engines, build_args, commands)}
+    rec["profile"] = run_step("profile", dev, bundle, engines, profile_args, commands)
     atomic_write_text(rdir / "serve.toml", toml_config(cfg))
     if "serve" in commands and "--print-systemd-unit" in _floatedge("serve", "--help").stdout:
         proc = _floatedge("serve", str(bundle), "--config", str(rdir / "serve.toml"), "--print-systemd-unit")
@@ -331,10 +338,19 @@ def prepare(dev: Device, rid: str, build_args: str, profile_args: str, settings:
     else:
         (rdir / UNIT).unlink(missing_ok=True)
         rec["unit"] = {"ran": False, "why": f"this floatedge ({__version__}) has no `serve --print-systemd-unit`"}
-    dev.update_record(rid, **rec, floatedge=__version__)
-    summary = {k: (f"ran ({r['seconds']:g} s)" if "seconds" in r else "ran") if r["ran"] else f"skipped: {r['why']}"
-               for k, r in rec.items()}
-    return {"release": rid, **rec, "summary": {**summary, **_signature_of(dev, rid)}}
+    dev.update_record(rid, **rec, recipe=recipe)
+    return {"release": rid, **rec, "reused": False, "summary": {**_summary(rec), **_signature_of(dev, rid)}}
+
+
+def _summary(rec: dict, reused: bool = False) -> dict:
+    """One line per step for the deploy summary: ran (how long), skipped (why), or reused from an earlier deploy."""
+    def line(r: dict) -> str:
+        if not r["ran"]:
+            return f"skipped: {r['why']}"
+        took = f"ran ({r['seconds']:g} s)" if "seconds" in r else "ran"
+        return f"reused ({took} when first deployed)" if reused else took
+
+    return {k: line(r) for k, r in rec.items()}
 
 
 def activate(dev: Device, rid: str) -> dict:
