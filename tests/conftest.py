@@ -12,7 +12,8 @@ import torch
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR10 = ROOT.parent / "shared" / "data" / "cifar-10-batches-py"
+# the data set beside the repository (../shared/data), or where FLOATEDGE_CIFAR10 says (a clone elsewhere, as CI's may be)
+CIFAR10 = Path(os.environ.get("FLOATEDGE_CIFAR10", ROOT.parent / "shared" / "data" / "cifar-10-batches-py"))
 
 
 @pytest.fixture(scope="session")
