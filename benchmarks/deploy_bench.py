@@ -6,10 +6,10 @@
 
 Per round, end to end as the command runs them (checks on the workstation, packing, `ansible-playbook`, summary):
 
-1. deploy: release A → B on both hosts (copy, check, stage, prepare, switch, prune);
-2. rollback: B → A;
-3. redeploy: B again, already on the devices (the copy is skipped; prepare and switch run);
-4. the first deploy onto fresh hosts is timed once (round 0), and `--serial 1` (one host at a time) once.
+1. deploy a new release on both hosts (copy, check, stage, build, profile, unit, switch, prune);
+2. rollback to the release before;
+3. redeploy the new release, which the devices still hold (no copy; build and profile reused);
+4. the first deploy onto fresh devices is timed once, and a new release with `--serial 1` (one host at a time) once.
 
 Each host is a network namespace with its own sshd (tests/_fleet.py); where namespaces cannot be made it falls back
 to ansible_connection=local and the section says so. Needs root, iproute2, openssh-server, ansible-core.
@@ -84,12 +84,15 @@ def main() -> None:
         kp = generate_key(tmp / "keys")
         src = open_bundle(bundle)
         files = {name: src.read(name) for name in src.manifest["files"]}
-        releases = []
-        for tag in ("a", "b"):  # two releases of the same model (manifests differ), each signed
+
+        def release(tag: str) -> Path:
+            """A new release of the same model (its manifest differs), signed."""
             b = write_bundle(tmp / f"{tag}.febundle", {**src.manifest, "created": f"bench-{tag}"}, files, tar=True)
             sign_bundle(b, kp.private)
-            releases.append(b)
-        size = releases[0].stat().st_size
+            return b
+
+        first = release("r0")
+        size = first.stat().st_size
         fleet = Fleet(tmp / "fleet")
         try:
             for name, module in HOSTS:
@@ -99,13 +102,13 @@ def main() -> None:
                 print("NOTE:", note)
             times: dict[str, dict[str, list[float]]] = {}
             common = {"inventory": inv, "trust": kp.public.parent}
-            timed("first deploy (fresh hosts)", times, bundle=releases[0], **common)
-            for _ in range(args.rounds):
-                timed("deploy (A → B)", times, bundle=releases[1], **common)
-                timed("rollback (B → A)", times, bundle=None, inventory=inv, rollback=True)
-                timed("redeploy B (already there)", times, bundle=releases[1], **common)
-                timed("rollback (B → A)", times, bundle=None, inventory=inv, rollback=True)
-            timed("deploy A → B, --serial 1", times, bundle=releases[1], serial=1, **common)
+            timed("first deploy (fresh devices)", times, bundle=first, **common)
+            for i in range(args.rounds):
+                new = release(f"r{i + 1}")
+                timed("deploy a new release", times, bundle=new, **common)
+                timed("rollback", times, bundle=None, inventory=inv, rollback=True)
+                timed("redeploy (already on the devices)", times, bundle=new, **common)
+            timed("deploy a new release, --serial 1", times, bundle=release("serial"), serial=1, **common)
         finally:
             fleet.close()
     transport = ("SSH into network namespaces (one sshd each, veth)" if not fleet.problem
