@@ -167,7 +167,7 @@ def ensure_bundle(out: Path, limit: int, eval_images: int) -> Path:
             "--limit-train", str(limit), "--epochs", "1", "--widths", "1.0,0.75,0.5", "--out", str(out), "--quiet",
             "--threads", "1")
     if not (out / "eval.json").exists():
-        run("eval", str(out), "--limit", str(eval_images), "--lambdas", "0,0.2,0.7,1", "--lambda-ths", "0.5",
+        run("eval", str(out), "--limit", str(eval_images), "--lambdas", "0,0.7,1", "--lambda-ths", "0.5",
             "--attacks", "pgd20", "--quiet", "--device", "cpu")
     if not bundle.exists():
         run("export", str(out), "--out", str(bundle), "--eval", str(out / "eval.json"), "--acceptance", "0")
@@ -179,7 +179,7 @@ def ensure_bundle(out: Path, limit: int, eval_images: int) -> Path:
         load_profile(open_bundle(bundle))
     except (ProfileError, ValueError):
         run("build", str(bundle), "--cache", str(cache), "--precision", "fp32")
-        run("profile", str(bundle), "--batches", "1,8", "--rounds", "40", "--switch-rounds", "1")
+        run("profile", str(bundle), "--batches", "1,8", "--rounds", "200", "--switch-rounds", "1")
     return bundle
 
 
@@ -271,7 +271,7 @@ def server_config(path: Path, policy: str, sim: Path, bound_ms: float, start: tu
                   params: Mapping | None = None, governor: Mapping | None = None) -> Path:
     lines = [f'policy = "{policy}"', f"lambda_n = {start[0]}", f"width = {start[1]}", "policy_interval_s = 0.5",
              'telemetry_source = "sysfs"', f'telemetry_root = "{sim}"', "telemetry_interval_s = 0.25",
-             f"slo_ms = {bound_ms}", "grpc_port = 0", "log_level = \"info\""]
+             f"slo_ms = {bound_ms}", f'model_name = "{MODEL}"', 'log_level = "info"']
     if params:
         lines.append("[policy_params]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in params.items()]
@@ -338,6 +338,7 @@ def play(bundle: Path, work: Path, name: str, policy: str, start: tuple[float, f
             at = (t - datetime(1970, 1, 1)).total_seconds() - t_wall0
             moves.append((at, e["to"]["width"] - e["from"]["width"], e["to"], e["from"]))
     decisions = [e for e in server.events() if e.get("event") == "decision"]
+    (d / "rows.json").write_text(json.dumps({"rows": rows, "moves": moves}))  # for a second look (not in docs/)
     return {"rows": rows, "moves": moves, "decisions": len(decisions), "extra": extra}
 
 
@@ -406,7 +407,8 @@ def main() -> None:
     ap.add_argument("--slo-ms", type=float, default=60.0, help="p99 bound, end to end as the client sees it")
     ap.add_argument("--server-ms", type=float, default=0.0,
                     help="the bound given to the server's policies (default: the SLO)")
-    ap.add_argument("--limit-train", type=int, default=2048)
+    ap.add_argument("--run", default="runs/governor_bench_r20", help="the training run (trained here if missing)")
+    ap.add_argument("--limit-train", type=int, default=10000)
     ap.add_argument("--eval-images", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="", help="comma list of policies to run (a check)")
@@ -415,7 +417,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t_all = time.time()
     runs = ROOT / "runs"
-    bundle = ensure_bundle(runs / "governor_bench_r20", args.limit_train, args.eval_images)
+    bundle = ensure_bundle(ROOT / args.run, args.limit_train, args.eval_images)
     from floatedge.bundle import open_bundle
     from floatedge.devices.profile import load_profile
 
