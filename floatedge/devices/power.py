@@ -70,39 +70,33 @@ def find_rails(root: str = "/") -> list[RailSource]:
         for sub in listdir(path):
             if sub == "hwmon":
                 for hw in listdir(os.path.join(path, "hwmon")):
-                    out += _hwmon_channels(os.path.join(path, "hwmon", hw))
+                    out += _channels(os.path.join(path, "hwmon", hw), "hwmon")
             elif sub.startswith("iio:device"):
-                out += _iio_channels(os.path.join(path, sub))
+                out += _channels(os.path.join(path, sub), "iio")
     return out
 
 
-def _hwmon_channels(d: str) -> list[RailSource]:
+# The two layouts of an INA3221 channel: hwmon (JetPack 5+) and iio (JetPack 4): label file, and the files of its
+# warn/crit current limits (N = the channel's index).
+_LAYOUTS = {
+    "hwmon": (r"in(\d+)_label", "curr{n}_max", "curr{n}_crit"),
+    "iio": (r"rail_name_(\d+)", "warn_current_limit_{n}", "crit_current_limit_{n}"),
+}
+
+
+def _channels(d: str, kind: str) -> list[RailSource]:
+    label_re, warn, crit = _LAYOUTS[kind]
     out = []
     for f in listdir(d):
-        m = re.fullmatch(r"in(\d+)_label", f)
+        m = re.fullmatch(label_re, f)
         if not m:
             continue
         label = read_text(os.path.join(d, f))
         if not label or _skipped(label):
             continue
         n = int(m.group(1))
-        out.append(RailSource(label, "hwmon", d, n, read_int(os.path.join(d, f"curr{n}_max")),
-                              read_int(os.path.join(d, f"curr{n}_crit"))))
-    return out
-
-
-def _iio_channels(d: str) -> list[RailSource]:
-    out = []
-    for f in listdir(d):
-        m = re.fullmatch(r"rail_name_(\d+)", f)
-        if not m:
-            continue
-        label = read_text(os.path.join(d, f))
-        if not label or _skipped(label):
-            continue
-        n = int(m.group(1))
-        out.append(RailSource(label, "iio", d, n, read_int(os.path.join(d, f"warn_current_limit_{n}")),
-                              read_int(os.path.join(d, f"crit_current_limit_{n}"))))
+        out.append(RailSource(label, kind, d, n, read_int(os.path.join(d, warn.format(n=n))),
+                              read_int(os.path.join(d, crit.format(n=n)))))
     return out
 
 
