@@ -70,16 +70,38 @@ class Fleet:
             assert r.returncode == 0, r.stderr
         else:
             root.mkdir(parents=True)
+        host = {"root": root, "module": module, "tmpfs": False}
         if disk:
-            store = root / agent.STATE_DIR.lstrip("/")
+            store = state(root)
             store.mkdir(parents=True)
-            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={disk}", "tmpfs", str(store)], check=True)
-            self.mounts.append(store)
-        host = {"root": root, "module": module}
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={disk}", "tmpfs", str(store)], capture_output=True,
+                               text=True)
+            if r.returncode == 0:
+                self.mounts.append(store)
+                host["tmpfs"] = True
+            else:
+                self.notes.append(f"no tmpfs for {name} ({r.stderr.strip()}): a read-only store stands in for a full disk")
         if not self.problem:
             host.update(self._namespace(name, i))
         self.hosts[name] = host
         return root
+
+    def fill(self, name: str, room: int) -> str:
+        """Leave `room` bytes free in `name`'s release store (a read-only store where no tmpfs could be mounted);
+        the error the copy will then meet."""
+        store = state(self.hosts[name]["root"])
+        if self.hosts[name]["tmpfs"]:
+            (store / "filler").write_bytes(b"\0" * (shutil.disk_usage(store).free - room))
+            return "No space left on device"
+        for d in (store, store / "incoming"):
+            d.chmod(0o555)
+        return "Permission denied"
+
+    def unfill(self, name: str) -> None:
+        store = state(self.hosts[name]["root"])
+        for d in (store, store / "incoming"):
+            d.chmod(0o755)
+        (store / "filler").unlink(missing_ok=True)
 
     def _namespace(self, name: str, i: int) -> dict:
         ns, outer, inner = f"{self.tag}n{i}", f"{self.tag}h{i}", f"{self.tag}d{i}"

@@ -241,10 +241,9 @@ def test_two_jetsons_over_ssh_deploy_fail_and_roll_back(fleet, float_run, tmp_pa
 
     # 2. v2 to all three: jetson-b's disk is full mid-copy, jetson-c is unreachable; jetson-a goes ahead
     store_b = state(root_b)
-    free = shutil.disk_usage(store_b).free
-    (store_b / "filler").write_bytes(b"\0" * (free - v2_size(v2) // 2))
+    full = fleet.fill("jetson-b", room=v2_size(v2) // 2)
     r = fe("deploy", v2, "-i", inv, "--trust", kp.public.parent, "--report", report)
-    (store_b / "filler").unlink()
+    fleet.unfill("jetson-b")
     assert r.returncode == 1, r.stdout[-3000:]
     err = r.stderr.strip()
     assert err.count("\n") == 0 and "deploy failed on 2 of 3 host(s)" in err and "jetson-b" in err and "jetson-c" in err
@@ -252,7 +251,7 @@ def test_two_jetsons_over_ssh_deploy_fail_and_roll_back(fleet, float_run, tmp_pa
     hosts = {h["host"]: h for h in rep["hosts"]}
     r2 = rep["release"]
     assert hosts["jetson-a"]["outcome"] == "deployed" and hosts["jetson-a"]["previous"] == r1
-    assert hosts["jetson-b"]["outcome"] == "failed" and "No space left on device" in hosts["jetson-b"]["error"]
+    assert hosts["jetson-b"]["outcome"] == "failed" and full in hosts["jetson-b"]["error"]
     assert hosts["jetson-c"]["outcome"] == "unreachable"
     assert (link(root_a, "current"), link(root_a, "previous")) == (r2, r1)
     assert (link(root_b, "current"), link(root_b, "previous")) == (r1, None)  # the previous bundle keeps serving
