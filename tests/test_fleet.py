@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -273,3 +274,35 @@ def v2_size(bundle: Path) -> int:
 def test_deploy_api_refuses_a_rollback_with_trust(tmp_path):
     with pytest.raises(DeployError, match="a rollback returns to a release already checked"):
         deploy(None, tmp_path / "inv.ini", rollback=True, trust=tmp_path)
+
+
+@needs_ansible
+@pytest.mark.slow
+def test_install_mode_pip_makes_a_venv_and_installs_a_wheel(float_run, tmp_path):
+    """floatedge_install=pip (the default on a real device): a venv that sees the system's packages, the wheel
+    copied and installed with pip, and the server's unit naming that venv's floatedge. Offline: --no-index, and the
+    dependencies come from the system's site-packages, as JetPack's TensorRT does on a Jetson."""
+    from floatedge.export.torch_export import export_bundle
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp_path / "dist"), str(root)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    wheel = next((tmp_path / "dist").glob("floatedge-*.whl"))
+    bundle = export_bundle(float_run, tmp_path / "m.febundle").path
+    venv = tmp_path / "venv"
+    inv = tmp_path / "inv.ini"
+    inv.write_text(f"[jetsons]\nbox floatedge_root={tmp_path / 'root'}\n\n[jetsons:vars]\nansible_connection=local\n"
+                   f"ansible_python_interpreter={sys.executable}\nfloatedge_install=pip\n"
+                   f"floatedge_system_python={sys.executable}\nfloatedge_venv={venv}\nfloatedge_wheel={wheel}\n"
+                   "floatedge_pip_args=--no-index --no-deps --ignore-installed\n")
+    (tmp_path / "root").mkdir()
+    r = fe("deploy", bundle, "-i", inv, "--quiet", "--report", tmp_path / "report.json")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert list(venv.glob("lib/python*/site-packages/floatedge-*.dist-info")), "the wheel was not installed in the venv"
+    assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
+    host = json.loads((tmp_path / "report.json").read_text())["hosts"][0]
+    assert host["outcome"] == "deployed"
+    if host["details"]["unit"] == "ran":
+        unit = (tmp_path / "root" / agent.UNIT_DIR / agent.UNIT).read_text()
+        assert f"ExecStart={venv}/bin/floatedge serve" in unit
