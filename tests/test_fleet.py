@@ -306,3 +306,23 @@ def test_install_mode_pip_makes_a_venv_and_installs_a_wheel(float_run, tmp_path)
     if host["details"]["unit"] == "ran":
         unit = (tmp_path / "root" / agent.UNIT_DIR / agent.UNIT).read_text()
         assert f"ExecStart={venv}/bin/floatedge serve" in unit
+
+
+@needs_ansible
+def test_the_failure_budget_stops_the_next_batches(tmp_path, tars):
+    """--serial 1 --max-fail-percentage 0: the first device fails (its root is not a directory), so the second batch
+    never starts; the summary says so and the second device is untouched."""
+    (signed, _, _), _ = tars
+    (tmp_path / "broken").write_text("not a directory")
+    inv = tmp_path / "inv.ini"
+    inv.write_text(f"[jetsons]\nbroken floatedge_root={tmp_path / 'broken'}\nfine floatedge_root={tmp_path / 'fine'}\n\n"
+                   f"[jetsons:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n"
+                   f"floatedge_install=none\nfloatedge_python={sys.executable}\n")
+    (tmp_path / "fine").mkdir()
+    r = fe("deploy", signed, "-i", inv, "--serial", "1", "--max-fail-percentage", "0", "--quiet", "--report",
+           tmp_path / "report.json")
+    assert r.returncode == 1 and "deploy failed on 2 of 2 host(s)" in r.stderr, r.stdout[-3000:] + r.stderr
+    hosts = {h["host"]: h for h in json.loads((tmp_path / "report.json").read_text())["hosts"]}
+    assert hosts["broken"]["outcome"] == "failed" and "is not a directory" in hosts["broken"]["error"]
+    assert hosts["fine"]["outcome"] == "not reached"
+    assert not any((tmp_path / "fine").iterdir())
