@@ -309,16 +309,16 @@ def test_profile_schema_and_keys(bundle, tmp_path):
     build(bundle, "fp32", cache=tmp_path / "cache")
     with pytest.raises(ProfileError, match="run floatedge profile"):
         load_profile(bundle)
-    prof = run_profile(bundle, batches=(1, 4), rounds=3, warmup=1, switch_rounds=1)
+    prof = run_profile(bundle, batches=(1, 4), rounds=4, warmup=1, switch_rounds=1, passes=2)
     assert load_profile(bundle) == prof
     assert prof["format"] == "floatedge-device-profile" and prof["schema_version"] == 1
     assert Path(prof["path"]).parent == tmp_path / "cache" / "profiles"
-    assert prof["settings"]["batches"] == [1, 4] and prof["settings"]["power"] is False
+    assert prof["settings"]["batches"] == [1, 4] and prof["settings"]["power"] is False and prof["settings"]["passes"] == 2
     assert [(p["width"], p["lambda_n"]) for p in prof["points"]] == [(w, lam) for w in (1.0, 0.75, 0.5) for lam in (0, 1)]
     for p in prof["points"]:
         assert p["precision"] == "fp32" and p["peak_rss_mb"] > 0
         for f in p["batches"]:
-            assert 0 < f["p50_ms"] <= f["p99_ms"] and f["throughput_ips"] > 0 and f["rounds"] == 3
+            assert 0 < f["p50_ms"] <= f["p99_ms"] and f["throughput_ips"] > 0 and f["rounds"] == 4
             assert f["power_w"] is None and f["energy_mj_per_image"] is None
     assert len(prof["switches"]) == len(neighbours([OperatingPoint(p["lambda_n"], p["width"]) for p in prof["points"]]))
     assert {s["change"] for s in prof["switches"]} == {"lambda", "width"}

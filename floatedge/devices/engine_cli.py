@@ -59,12 +59,14 @@ def build_cmd(bundle, precision, dla, workspace_mb, max_batch, cache, tolerance,
 @click.option("--batches", default=None, help="Batch sizes, e.g. 1,8,32 (default 1, 8 and the build's max batch).")
 @click.option("--rounds", type=int, default=50, show_default=True, help="Timed calls per point and batch.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed calls before them.")
+@click.option("--passes", type=int, default=3, show_default=True,
+              help="Passes through all points the rounds are spread over (load bursts then hit every point alike).")
 @click.option("--switch-rounds", type=int, default=3, show_default=True, help="Warm switches timed per neighbour pair.")
 @click.option("--telemetry", type=click.Choice(["auto", "sysfs", "tegrastats", "jtop", "none"]), default="auto",
               show_default=True, help="Where power comes from (auto: the device's files on a Jetson, none elsewhere).")
 @ROOT
 @user_errors
-def profile_cmd(bundle, batches, rounds, warmup, switch_rounds, telemetry, root) -> None:
+def profile_cmd(bundle, batches, rounds, warmup, passes, switch_rounds, telemetry, root) -> None:
     """Measure every calibrated operating point of what `floatedge build` made, on this device.
 
     Per point × batch: p50/p99 latency, throughput, mean power and energy per image (where telemetry has power),
@@ -79,7 +81,7 @@ def profile_cmd(bundle, batches, rounds, warmup, switch_rounds, telemetry, root)
             sizes = [int(b) for b in batches.split(",") if b.strip()]
         except ValueError:
             raise click.BadParameter(f"not a list of integers: {batches!r}", param_hint="--batches") from None
-    prof = run_profile(bundle, batches=sizes, rounds=rounds, warmup=warmup, switch_rounds=switch_rounds,
+    prof = run_profile(bundle, batches=sizes, rounds=rounds, warmup=warmup, switch_rounds=switch_rounds, passes=passes,
                        telemetry=telemetry, root=root, echo=click.echo)
     power = "with power" if prof["settings"]["power"] else "no power telemetry here"
     click.echo(f"device profile {prof['path']} ({len(prof['points'])} points × batches "

@@ -17,7 +17,7 @@ The device profile (JSON, schema version 1; `load_profile` reads and checks it):
     device            the build report's device (name, part_number, l4t, sm, ram_mb, cpu, backend, provider …)
     bundle            {path, architecture, widths, lambda_th, manifest_sha256}
     engines           {width: {precision, digest, bytes}}
-    settings          {batches, rounds, warmup, switch_rounds, telemetry (sampler source), power (bool)}
+    settings          {batches, rounds, passes, warmup, switch_rounds, telemetry (sampler source), power (bool)}
     points            [{width, lambda_n, lambda_th, precision, clean_acc, robust_acc, attack (the bundle's table;
                         null when not evaluated), peak_rss_mb,
                         batches: [{batch, rounds, p50_ms, p99_ms, mean_ms, throughput_ips,
@@ -29,7 +29,8 @@ The device profile (JSON, schema version 1; `load_profile` reads and checks it):
     memory            {rss_start_mb, peak_rss_mb, engine_bytes}
     path              where it was read from (added by run_profile / load_profile, not stored)
 
-Latencies are wall-clock per `infer` call on the runtime (input checks included), after `warmup` calls. Peak memory
+Latencies are wall-clock per `infer` call on the runtime (input checks included), after `warmup` calls, the calls
+of each figure spread over `passes` passes through every point (so another process's load spreads evenly). Peak memory
 is the process's VmHWM, reset before each point (`/proc/self/clear_refs`, Linux ≥ 4.0); on a Jetson the GPU shares
 that RAM, so engine memory the driver maps into the process counts too.
 """
@@ -41,6 +42,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -105,15 +107,15 @@ def load_profile(bundle: str | Path | Bundle, path: str | Path | None = None, ro
         raise ProfileError(f"{file}: profile schema {prof.get('schema_version')} is newer than this floatedge reads "
                            f"({PROFILE_SCHEMA})")
     got = prof["key"]
-    for field in want:
-        if got.get(field) != want[field]:
-            raise ProfileError(f"{file} was measured for another {field.replace('_', ' ')} ({got.get(field)!r}; "
-                               f"this build has {want[field]!r})")
+    for name in want:
+        if got.get(name) != want[name]:
+            raise ProfileError(f"{file} was measured for another {name.replace('_', ' ')} ({got.get(name)!r}; "
+                               f"this build has {want[name]!r})")
     ident = read_identity(root, providers=False)
     here = {"part_number": ident.part_number, "l4t": ident.l4t}
-    for field, value in here.items():
-        if ident.is_jetson and value != got.get(field):
-            raise ProfileError(f"{file} was measured on another device ({field} {got.get(field)!r}, this one {value!r})")
+    for name, value in here.items():
+        if ident.is_jetson and value != got.get(name):
+            raise ProfileError(f"{file} was measured on another device ({name} {got.get(name)!r}, this one {value!r})")
     prof["path"] = str(file)
     return prof
 
@@ -167,30 +169,49 @@ def _images(model: Any, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((batch, spec.channels, spec.height, spec.width), dtype=np.float32)
 
 
+@dataclass
+class _Samples:
+    """The timed calls of one point × batch, gathered over several passes, and their time windows (for power)."""
+
+    batch: int
+    times: list[float] = field(default_factory=list)
+    windows: list[tuple[float, float, int]] = field(default_factory=list)  # (t0, t1, images), time.monotonic()
+
+    def take(self, model: Any, x: np.ndarray, calls: int, warmup: int, min_window: float) -> None:
+        """`calls` timed calls after `warmup` untimed ones; with power telemetry they go on until the window holds
+        at least three snapshots, so every power figure has samples behind it."""
+        for _ in range(warmup):
+            model.infer(x)
+        t_start, n = time.monotonic(), 0
+        while n < calls or time.monotonic() - t_start < min_window:
+            t0 = time.perf_counter()
+            model.infer(x)
+            self.times.append(time.perf_counter() - t0)
+            n += 1
+        self.windows.append((t_start, time.monotonic(), n * self.batch))
+
+    def summary(self, power: _Power | None) -> dict:
+        ms = np.array(self.times) * 1e3
+        row = {"batch": self.batch, "rounds": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+               "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+               "throughput_ips": float(self.batch * len(ms) / ms.sum() * 1e3),
+               "power_w": None, "energy_mj_per_image": None, "power_samples": 0}
+        if power and power.available:
+            joules, seconds, images, count = 0.0, 0.0, 0, 0
+            for t0, t1, n in self.windows:
+                watts, k = power.mean_w(t0, t1)
+                if watts is not None:
+                    joules, seconds, images, count = joules + watts * (t1 - t0), seconds + t1 - t0, images + n, count + k
+            if count:
+                row.update(power_w=joules / seconds, power_samples=count, energy_mj_per_image=joules / images * 1e3)
+        return row
+
+
 def measure(model: Any, batch: int, rounds: int, warmup: int, power: _Power | None) -> dict:
-    """Latency of `rounds` calls at `batch`; with power telemetry the calls go on until the window holds at least
-    three snapshots, so every figure has samples behind it."""
-    x = _images(model, batch)
-    for _ in range(warmup):
-        model.infer(x)
-    times = []
-    min_window = 3 * power.interval if power and power.available else 0.0
-    t_start = time.monotonic()
-    while len(times) < rounds or time.monotonic() - t_start < min_window:
-        t0 = time.perf_counter()
-        model.infer(x)
-        times.append(time.perf_counter() - t0)
-    t_end = time.monotonic()
-    ms = np.array(times) * 1e3
-    row = {"batch": batch, "rounds": len(times), "p50_ms": float(np.percentile(ms, 50)),
-           "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
-           "throughput_ips": float(batch * len(times) / ms.sum() * 1e3),
-           "power_w": None, "energy_mj_per_image": None, "power_samples": 0}
-    if power and power.available:
-        watts, n = power.mean_w(t_start, t_end)
-        row.update(power_w=watts, power_samples=n,
-                   energy_mj_per_image=None if watts is None else watts * (t_end - t_start) / (batch * len(times)) * 1e3)
-    return row
+    """p50/p99, throughput (and power) of `rounds` calls at `batch` at the model's current point."""
+    s = _Samples(batch)
+    s.take(model, _images(model, batch), rounds, warmup, 3 * power.interval if power and power.available else 0.0)
+    return s.summary(power)
 
 
 def neighbours(points: Sequence[OperatingPoint]) -> list[tuple[OperatingPoint, OperatingPoint, str]]:
@@ -231,11 +252,16 @@ def switch_costs(bundle: Bundle, pairs: Sequence[tuple[OperatingPoint, Operating
 
 
 def run_profile(bundle_path: str | Path | Bundle, *, batches: Sequence[int] | None = None, rounds: int = 50,
-                warmup: int = 5, switch_rounds: int = 3, telemetry: str = "auto", root: str | Path = "/",
+                warmup: int = 5, switch_rounds: int = 3, passes: int = 3, telemetry: str = "auto", root: str | Path = "/",
                 interval: float = 0.05, echo: Callable[[str], None] = lambda s: None, **open_options: Any) -> dict:
-    """Profile what `floatedge build` made for the bundle on this device; write and return the device profile."""
-    if rounds < 1 or warmup < 0 or switch_rounds < 1:
-        raise ProfileError(f"rounds and switch rounds must be ≥ 1 and warm-up ≥ 0, got {rounds}, {switch_rounds}, {warmup}")
+    """Profile what `floatedge build` made for the bundle on this device; write and return the device profile.
+
+    The `rounds` calls of each point × batch are spread over `passes` passes through all the points, so a burst of
+    load from another process lands on every point alike instead of making one point look slow."""
+    if rounds < 1 or warmup < 0 or switch_rounds < 1 or passes < 1:
+        raise ProfileError(f"rounds, switch rounds and passes must be ≥ 1 and warm-up ≥ 0, got {rounds}, "
+                           f"{switch_rounds}, {passes}, {warmup}")
+    passes = min(passes, rounds)
     t_all = time.perf_counter()
     b = bundle_path if isinstance(bundle_path, Bundle) else open_bundle(bundle_path)
     report = load_report(b)
@@ -249,21 +275,30 @@ def run_profile(bundle_path: str | Path | Bundle, *, batches: Sequence[int] | No
     precision = {float(e["width"]): e["precision"] for e in report["engines"]}
     power = _Power(telemetry, root, interval)
     rss_start = _rss_mb("VmRSS")
-    rows = []
+    samples = {(i, n): _Samples(n) for i in range(len(points)) for n in sizes}
+    peak = dict.fromkeys(range(len(points)), 0.0)
+    per_pass = [rounds // passes + (k < rounds % passes) for k in range(passes)]
+    min_window = 3 * power.interval / passes if power.available else 0.0
     try:
         with open_built(b, point=points[0], **open_options) as model:
-            for p in points:
-                model.set_operating_point(lambda_n=p.lambda_n, width=p.width, lambda_th=p.lambda_th)
-                _reset_peak_rss()
-                figures = [measure(model, n, rounds, warmup, power) for n in sizes]
-                row = b.lookup(p) or {}
-                rows.append({"width": p.width, "lambda_n": p.lambda_n, "lambda_th": p.lambda_th,
-                             "precision": precision[p.width], "clean_acc": row.get("clean_acc"),
-                             "robust_acc": row.get(f"{attack}_acc") if attack else None, "attack": attack,
-                             "peak_rss_mb": _rss_mb(), "batches": figures})
-                echo(format_point(rows[-1]))
+            images = {n: _images(model, n) for n in sizes}
+            for k, calls in enumerate(per_pass):  # passes over all points: load bursts hit every point alike
+                for i, p in enumerate(points):
+                    model.set_operating_point(lambda_n=p.lambda_n, width=p.width, lambda_th=p.lambda_th)
+                    _reset_peak_rss()
+                    for n in sizes:
+                        samples[(i, n)].take(model, images[n], calls, warmup if k == 0 else 1, min_window)
+                    peak[i] = max(peak[i], _rss_mb())
     finally:
         power.close()
+    rows = []
+    for i, p in enumerate(points):
+        row = b.lookup(p) or {}
+        rows.append({"width": p.width, "lambda_n": p.lambda_n, "lambda_th": p.lambda_th,
+                     "precision": precision[p.width], "clean_acc": row.get("clean_acc"),
+                     "robust_acc": row.get(f"{attack}_acc") if attack else None, "attack": attack,
+                     "peak_rss_mb": peak[i], "batches": [samples[(i, n)].summary(power) for n in sizes]})
+        echo(format_point(rows[-1]))
     switches = switch_costs(b, neighbours(points), switch_rounds, open_options)
     for s in switches:
         echo(f"switch {s['from']['width']:g}/{s['from']['lambda_n']:g} → {s['to']['width']:g}/{s['to']['lambda_n']:g} "
@@ -277,7 +312,7 @@ def run_profile(bundle_path: str | Path | Bundle, *, batches: Sequence[int] | No
                    "lambda_th": b.lambda_th, "manifest_sha256": b.manifest["manifest_sha256"]},
         "engines": {f"{e['width']:g}": {"precision": e["precision"], "digest": e["digest"], "bytes": e["bytes"]}
                     for e in report["engines"]},
-        "settings": {"batches": sizes, "rounds": rounds, "warmup": warmup, "switch_rounds": switch_rounds,
+        "settings": {"batches": sizes, "rounds": rounds, "passes": passes, "warmup": warmup, "switch_rounds": switch_rounds,
                      "telemetry": power.sampler.source, "power": power.available},
         "points": rows, "switches": switches,
         "memory": {"rss_start_mb": rss_start, "peak_rss_mb": max((r["peak_rss_mb"] for r in rows), default=None),
