@@ -96,6 +96,8 @@ class Server:
         self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="floatedge-http")
         self.exit_code = 0
         self.sampler: Any = None
+        self.grpc: Any = None  # the gRPC server while serving
+        self.grpc_stopped: threading.Event | None = None  # set once gRPC's calls in flight have finished
 
     # -- start
     def load(self) -> None:
@@ -123,11 +125,10 @@ class Server:
                               lifespan="off", timeout_graceful_shutdown=max(1, int(cfg.drain_timeout_s)),
                               timeout_keep_alive=30, server_header=False)
         http = _Uvicorn(ucfg)
-        grpc_server = None
         if cfg.grpc_port:
             from .grpc_server import start_grpc
 
-            grpc_server = start_grpc(self.core, cfg.host, cfg.grpc_port, cfg.workers, cfg.max_body_bytes)
+            self.grpc = start_grpc(self.core, cfg.host, cfg.grpc_port, cfg.workers, cfg.max_body_bytes)
         metrics_server = None
         if cfg.metrics_port:
             metrics_server, _ = start_http_server(cfg.metrics_port, addr=cfg.host, registry=self.metrics.registry)
@@ -155,8 +156,9 @@ class Server:
         await serving  # returns once a signal stopped it and requests in flight finished
         for t in tasks:
             t.cancel()
-        if grpc_server is not None:
-            await loop.run_in_executor(None, lambda: grpc_server.stop(cfg.drain_timeout_s).wait())
+        if self.grpc is not None:
+            stopped = self.grpc_stopped or self.grpc.stop(cfg.drain_timeout_s)
+            await loop.run_in_executor(None, stopped.wait)
         if metrics_server is not None:
             metrics_server.shutdown()
         if watchdog:
@@ -178,6 +180,8 @@ class Server:
         notify(STOPPING=1, STATUS="draining requests in flight")
         log.info("stopping", extra={"event": "stopping", "signal": signal.Signals(sig).name})
         http.should_exit = True
+        if self.grpc is not None:  # gRPC drains alongside HTTP: new calls refused now, calls in flight finish
+            self.grpc_stopped = self.grpc.stop(self.cfg.drain_timeout_s)
 
     def _reload(self) -> None:
         if not self.config_path:
