@@ -97,6 +97,7 @@ def run_bench(bundle: str, backend: str = "auto", batches: Sequence[int] = (1, 8
 
     opts: dict[str, Any] = {"threads": threads} if backend in ("auto", "onnxruntime", "ort") else {}
     rt = open_runtime(bundle, backend=backend, **opts)
+    rt.wait_idle()
     is_ort = rt.name == "onnxruntime"
     out: dict[str, Any] = {
         "bundle": str(bundle), "backend": rt.name, "describe": rt.describe(),
@@ -226,6 +227,7 @@ def switch_under_load(bundle: str, backend: str = "auto", clients: int = 4, thre
     if concurrency is not None:
         opts["concurrency"] = concurrency
     rt = open_runtime(bundle, backend=backend, mode=mode, **opts)
+    rt.wait_idle()  # the bridges warm in the background after open: measure switches, not the warm-up
     plan = switch_plan(rt.operating_point, min(rt.widths))
     x = _images(rt.input_spec, batch)
     records: list[tuple[float, float, Any, str | None]] = []
