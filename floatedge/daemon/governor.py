@@ -17,25 +17,29 @@ runtime runs at once.
 
 **The latency model.** A point p's end-to-end latency at the budget's percentile q is predicted as
 
-    L_q(p) = O_q + ξ_q · t_p(b) · (1 − ρ_now) / (1 − ρ_p),     ρ_p = λ · ξ_50 · t_p(b) / c
+    L_q(p) = O + ξ_q · t_p(b)
 
-t_p(b) is the profiled p50 at the recent mean batch b (interpolated between profiled batches); O_q the q-quantile
-of what the server adds outside the model call (HTTP, decoding, encoding: the same for every point), measured;
-ξ_q the *slowdown*: the q-quantile of (time in the model call ÷ t_p(b)) of recent requests, whatever point each
-ran at; ξ_50 its median, which with the arrival rate λ and the runtime's concurrency c gives the utilisation ρ.
-The last factor moves the queueing that ξ_q measured at today's utilisation to the utilisation p would have
-(the 1/(1−ρ) growth of an M/M/1 queue's sojourn time): exact at the current point, an approximation elsewhere,
-and "does not fit" when ρ_p ≥ 0.95.
+t_p(b) is the profiled p50 at the recent mean batch b (interpolated between profiled batches); O the fixed part of
+what the server adds outside the model call (HTTP, decoding, encoding; the median over the window, the same for
+every point); ξ_q the *slowdown*: the q-quantile of (end-to-end latency − O) ÷ t_p(b) over recent requests,
+whichever point each ran at. Everything beyond the fixed part — the model call slowed by co-runners or clocks, and
+the waiting for a thread or a runtime slot, which grows with the point's cost — is in ξ_q, so the prediction is
+exact at the current point and scales with the profiled cost elsewhere. (Queueing grows faster than linearly as
+utilisation nears 1, so a wider point's prediction errs low: the margin, the dwell, the observed check and the
+backoff below are what keep that from costing violations. A utilisation factor 1/(1−ρ) was tried and dropped:
+ρ needs the pure compute time, and the server's model-call time includes the wait for a runtime slot, which
+inflates ρ exactly when it matters.) The utilisation rate × median model-call time ÷ concurrency is reported.
 
 **Why this estimator.** ALERT (Wan et al., USENIX ATC'20; daemon.md §5) predicts every configuration's latency as
 its profiled latency times one global slowdown factor tracked by a Kalman filter, because interference from
 co-runners and clock changes slows every configuration by about the same factor — a factor learnt at one point
 transfers to all. We keep that idea and its filter (a scalar Kalman filter with a random-walk state) and change
 three things for a server: (1) we filter the *tail* factor ξ_q, not the mean, because the SLO bounds a
-percentile and interference widens the tail more than it moves the median; (2) the measurement noise of a
-period is that of a quantile taken from n samples — its variance grows as n·(1−q), the samples beyond it,
-shrinks — so a quiet period with few requests moves the estimate little; (3) a jump far outside the filter's
-confidence (an innovation beyond 3σ: a co-runner started) re-opens the filter at once, and so does telemetry
+percentile and interference widens the tail more than it moves the median; (2) each period measures the
+window's quantile (a high quantile of a few samples is biased low) but trusts it only for the new samples in it
+— the noise of a quantile shrinks with n·(1−q), the samples beyond it — so a quiet period moves it little;
+(3) a jump far outside the filter's confidence (an innovation beyond 3σ: a co-runner started) re-opens the
+filter at once, and so does telemetry
 announcing a change — a throttling edge, a power-mode switch, CPU cores going offline — which also scales the
 prior by the GPU clock ratio it reports, so the governor moves on the telemetry before the latencies show it.
 Throttling and the power mode are read from the snapshot, never guessed. Power is predicted the same way:
@@ -62,7 +66,6 @@ from typing import Any, NamedTuple
 OBJECTIVES = ("robust", "clean", "weighted")
 PRIORITIES = ("slo", "floor")
 MAX_BACKOFF = 16
-RHO_MAX = 0.95
 
 
 class GovernorInputError(ValueError):
@@ -311,6 +314,7 @@ class Governor:
         self.xi_50 = Slowdown(noise=self.tuning.noise)
         self.power_ratio = Slowdown(noise=self.tuning.noise)
         self._seen = -math.inf  # newest request already folded into the filters
+        self._since = -math.inf  # requests before this (a telemetry event) no longer describe the device
         self._recent: list[Request] = []  # requests of the last window_s, any point
         self._tele: dict[str, Any] = {}  # what the last snapshot said: mode, throttling, cores, clock
         self._throttle_scale = 1.0  # the slowdown assumed when throttling started
@@ -382,21 +386,32 @@ class Governor:
             f.predict(obs.now)
         if not fresh:
             return 0
-        self._seen = max(r.done for r in fresh)
+        new = max(r.done for r in fresh)
+        fixed = self._fixed_ms()
         ratios = []
-        for r in fresh:
+        for r in self._recent if self._recent else fresh:
             p = self.by_key.get((round(r.width, 6), round(r.lambda_n, 6)))
-            if p is not None and r.service_s > 0:
-                ratios.append(r.service_s * 1e3 / p.compute_ms(r.batch))
-        if ratios:
+            if p is not None and r.done > self._since:
+                t = p.compute_ms(r.batch)
+                ratios.append(max(r.e2e_s * 1e3 - fixed, 0.05 * t) / t)
+        n_new = sum(1 for r in fresh if r.done > self._since)
+        self._seen = new
+        if ratios and n_new:
             q = self.budget.percentile / 100
+            # the window's quantile (a high quantile of a few samples is biased low), trusted for the new samples
+            # in it only: its error shrinks with the n·(1−q) of them beyond it
             zq, z50 = quantile(ratios, q), quantile(ratios, 0.5)
-            # a quantile from n samples: its error shrinks with the n·(1−q) samples beyond it
-            self.xi_q.update(zq, ((zq - z50) ** 2 + (0.05 * zq) ** 2) / max(0.25, len(ratios) * (1 - q)))
-            self.xi_50.update(z50, ((0.1 * z50) ** 2) / len(ratios))
+            self.xi_q.update(zq, ((zq - z50) ** 2 + (0.05 * zq) ** 2) / max(0.25, n_new * (1 - q)))
+            self.xi_50.update(z50, ((0.1 * z50) ** 2) / n_new)
         return len(fresh)
 
     # -------------------------------------------------------------------- predicting
+    def _fixed_ms(self) -> float:
+        """The fixed part of what the server adds outside the model call (HTTP, decoding): the median over the
+        window. What lies beyond it — waiting for a thread or a runtime slot — grows with the point's cost and is
+        part of the slowdown."""
+        return quantile([max(0.0, r.e2e_s - r.service_s) * 1e3 for r in self._recent], 0.5) if self._recent else 0.0
+
     def _window(self, obs: Observation) -> dict[str, Any]:
         """What the last window_s shows: the overhead outside the model, the arrival rate, the mean batch, and the
         observed percentile at the current point (only requests finished after the last switch)."""
@@ -409,28 +424,20 @@ class Governor:
             arrivals = [r.done - r.e2e_s for r in recent]
             span = max(obs.now - min(arrivals), 1e-3)
             out["rate"] = len(recent) / max(span, self.tuning.window_s * 0.5)
-            out["overhead_ms"] = quantile([max(0.0, r.e2e_s - r.service_s) * 1e3 for r in recent], q)
+            out["overhead_ms"] = self._fixed_ms()
             out["batch"] = sum(r.batch for r in recent) / len(recent)
+            service = quantile([r.service_s for r in recent], 0.5)
+            out["utilisation"] = out["rate"] * service / max(1, obs.servers)
         else:
-            out.update(rate=0.0, overhead_ms=0.0, batch=1.0)
+            out.update(rate=0.0, overhead_ms=0.0, batch=1.0, utilisation=0.0)
         if len(here) >= self.tuning.min_samples:
             out["observed_ms"] = quantile([r.e2e_s * 1e3 for r in here], q)
         return out
 
-    def predict(self, p: PointCost, win: Mapping[str, Any], servers: int, current: PointCost | None) -> float:
-        """Predicted end-to-end latency (ms) of `p` at the budget's percentile; inf when it would saturate."""
-        b = win["batch"]
-        lam = win["rate"]
-        c = max(1, servers)
-
-        def rho(x: PointCost) -> float:
-            return lam * self.xi_50.x * x.compute_ms(b) / 1e3 / c
-
-        r_p = rho(p)
-        if r_p >= RHO_MAX:
-            return math.inf
-        r_now = min(rho(current), RHO_MAX) if current is not None else 0.0
-        return win["overhead_ms"] + self.xi_q.x * p.compute_ms(b) * (1 - r_now) / (1 - r_p)
+    def predict(self, p: PointCost, win: Mapping[str, Any]) -> float:
+        """Predicted end-to-end latency (ms) of `p` at the budget's percentile: the fixed overhead plus the slowdown
+        times the profiled latency at the recent batch."""
+        return win["overhead_ms"] + self.xi_q.x * p.compute_ms(win["batch"])
 
     def predict_power(self, p: PointCost) -> float | None:
         return None if p.power_w is None else p.power_w * self.power_ratio.x
@@ -442,8 +449,7 @@ class Governor:
         self.events = self._telemetry(obs.telemetry)
         if self.events:  # what finished before the change shows the old device: the filters start from the prior
             self._seen = max([self._seen, *(r.done for r in obs.requests)])
-            self._recent = []
-            self._switched_at = obs.now
+            self._since = self._switched_at = obs.now  # and the observed percentile restarts
         self._fold(obs)
         win = self._window(obs)
         snap = obs.telemetry or {}
@@ -458,7 +464,7 @@ class Governor:
         if snap.get("ram_total_mb") is not None and snap.get("ram_used_mb") is not None:
             free = float(snap["ram_total_mb"]) - float(snap["ram_used_mb"])
 
-        pred = {p.key: self.predict(p, win, obs.servers, cur) for p in self.points}
+        pred = {p.key: self.predict(p, win) for p in self.points}
         bound = bud.latency_ms
         observed = win.get("observed_ms")
         over = bool(bound) and cur is not None and observed is not None and observed > bound
@@ -553,7 +559,8 @@ class Governor:
                   "target_predicted_ms": self._round(pred[target.key]),
                   "slowdown": round(self.xi_q.x, 4), "slowdown_sigma": round(self.xi_q.sigma, 4),
                   "slowdown_p50": round(self.xi_50.x, 4), "overhead_ms": round(win["overhead_ms"], 3),
-                  "rate_per_s": round(win["rate"], 2), "samples": win["n_here"], "violation": violation,
+                  "rate_per_s": round(win["rate"], 2), "utilisation": round(win["utilisation"], 3),
+                  "samples": win["n_here"], "violation": violation,
                   "telemetry": "latency only (no telemetry)" if not obs.telemetry else "snapshot"}
         if watts is not None:
             detail["power_w"] = round(watts, 3)
