@@ -147,6 +147,7 @@ def section(res: dict) -> str:
     c = res["conditions"]
     s = {k: res[k]["sizes"] for k in KINDS}
     out = [
+        "## FLOAT vs OAT bundles on the device runtime (issue 9)\n\n"
         "FLOAT vs OAT bundles of the same network on the device runtime (ONNX Runtime CPU, "
         f"{c['intra_op_threads']} intra-op thread): ResNet-20, width 1, each trained 1 epoch (PGD-1) on "
         f"{c['train_images']} CIFAR-10 images — latency does not depend on the weights' values. OAT: 128-d "
