@@ -10,7 +10,8 @@ build` / `floatedge profile`), an open-loop load generator (Poisson arrivals at 
 later requests), and the budget trace: a simulated Orin NX 16GB (`floatedge device simulate`) whose scenario starts
 a co-running job, throttles the GPU past its passive trip and drops the power mode from 25W to 10W, while
 processes that burn CPU on the same schedule take this machine's cores from the server (so the latency really
-degrades when the simulated device says it should).
+degrades when the simulated device says it should). The scenario is played in this process (floatedge.devices.simulate
+`play`, what `floatedge device simulate --scenario` runs), from the same instant as the burners' schedule.
 
 Policies: static most-robust (width 1, λn = 1), static fastest (width 0.5 at its best RA), static width 0.75 (at
 its best RA; with the other two, the runs the oracle and the best static point in hindsight are computed from),
@@ -51,11 +52,11 @@ VIOLATION_BAR, ORACLE_BAR, ROBUST_BAR = 0.01, 0.95, 0.10
 # the budget trace: (start as a share of the run, name, simulated device settings, CPU burners (processes, duty))
 TRACE = [
     (0.00, "calm (25W)", {}, (0, 0.0)),
-    (0.15, "co-running job", {"cpu_load": 85, "gpu_load": 98, "mem_used_mb": 11000}, (2, 1.0)),
+    (0.12, "co-running job", {"cpu_load": 85, "gpu_load": 98, "mem_used_mb": 11000}, (4, 1.0)),
     (0.35, "calm", {"cpu_load": 30, "gpu_load": 60, "mem_used_mb": 6000}, (0, 0.0)),
-    (0.45, "thermal throttling", {"temp.gpu-thermal": 101, "temp.tj-thermal": 101}, (2, 0.6)),
-    (0.62, "calm, cooled", {"temp.gpu-thermal": 60, "temp.tj-thermal": 61}, (0, 0.0)),
-    (0.70, "10W mode", {"mode": 1}, (2, 0.5)),
+    (0.45, "thermal throttling", {"temp.gpu-thermal": 101, "temp.tj-thermal": 101}, (3, 1.0)),
+    (0.65, "calm, cooled", {"temp.gpu-thermal": 60, "temp.tj-thermal": 61}, (0, 0.0)),
+    (0.72, "10W mode", {"mode": 1}, (2, 1.0)),
     (0.88, "25W again", {"mode": 3}, (0, 0.0)),
 ]
 WORSE = {"co-running job", "thermal throttling", "10W mode"}
@@ -122,6 +123,12 @@ def oracle(static_logs: Mapping[tuple[float, float], Sequence], scores: Mapping,
         ca += scores[pick][1] * len(rows)
     return {"n": n, "violation_rate": over / n if n else 0.0, "ra": ra / n if n else math.nan,
             "ca": ca / n if n else math.nan, "choices": choices}
+
+
+def relabel(log: Sequence[Sequence], point: tuple[float, float]) -> list[tuple]:
+    """The log as if every successful request had run at `point` (same latency): a static run of one width stands
+    for another λn of that width, whose latency the profile shows to be the same."""
+    return [(r[0], r[1], point[0], point[1], *r[4:]) if r[4] else tuple(r) for r in log]
 
 
 def hindsight(static: Mapping[str, Mapping]) -> str:
@@ -289,25 +296,31 @@ def play(bundle: Path, work: Path, name: str, policy: str, start: tuple[float, f
     sys.path.insert(0, str(ROOT / "tests"))
     from _serve import ServerProc, write_token
 
+    from floatedge.devices.simulate import SimJetson, check_scenario, set_start
+    from floatedge.devices.simulate import play as play_scenario
+
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
-    sim = d / "sim"
-    run("device", "simulate", "orin-nx-16gb", "--jetpack", "6.0", "--root", str(sim), stdout=subprocess.DEVNULL)
+    sim_dir = d / "sim"
+    raw = scenario(args.seconds) if trace else {**scenario(args.seconds), "events": []}
+    (d / "trace.json").write_text(json.dumps(raw))  # the same scenario `floatedge device simulate --scenario` plays
+    sc = check_scenario(raw)
+    sim = SimJetson(sim_dir, sc.module, sc.jetpack).build()
+    set_start(sim, sc)
     token = d / "token"
     write_token(token)
-    cfg = server_config(d / "serve.toml", policy, sim, bound_ms, start, params, governor)
-    sc = d / "trace.json"
-    sc.write_text(json.dumps(scenario(args.seconds) if trace else {**scenario(args.seconds), "events": []}))
+    cfg = server_config(d / "serve.toml", policy, sim_dir, bound_ms, start, params, governor)
     server = ServerProc(d, bundle, config=cfg, token_file=token).wait_ready()
     burners = Burners()
     player = None
     extra: dict = {}
+    stop = threading.Event()
     try:
         time.sleep(2.0)  # the first telemetry snapshot and the first decision
         t_wall0 = time.time()
-        player = subprocess.Popen([sys.executable, "-m", "floatedge", "device", "simulate", "orin-nx-16gb", "--jetpack",
-                                   "6.0", "--root", str(sim), "--scenario", str(sc)], stdout=subprocess.DEVNULL)
-        stop = threading.Event()
+        # played in this process, from the same instant as the burners' schedule
+        player = threading.Thread(target=play_scenario, args=(sim, sc), kwargs={"stop": stop}, daemon=True)
+        player.start()
 
         def schedule() -> None:
             for frac, _, _, (count, duty) in TRACE if trace else TRACE[:1]:
@@ -320,16 +333,18 @@ def play(bundle: Path, work: Path, name: str, policy: str, start: tuple[float, f
         side = threading.Thread(target=during, args=(server, t_wall0, extra), daemon=True) if during else None
         if side:
             side.start()
+        load0 = os.getloadavg()[0]
         rows, _ = open_loop(server.url, args.rate, args.seconds, args.batch, args.seed)
+        extra["load_average"] = (round(load0, 2), round(os.getloadavg()[0], 2))
         stop.set()
         sched.join(10)
         if side:
             side.join(30)
     finally:
+        stop.set()
         burners.stop()
         if player is not None:
-            player.terminate()
-            player.wait(10)
+            player.join(10)
         server.stop()
     moves = []
     for e in server.events():
@@ -402,9 +417,9 @@ def plot(results: Mapping[str, dict], scores: Mapping, bound_ms: float, seconds:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=150.0, help="length of the trace, per policy")
-    ap.add_argument("--rate", type=float, default=40.0, help="requests per second (Poisson)")
-    ap.add_argument("--batch", type=int, default=8, help="images per request")
-    ap.add_argument("--slo-ms", type=float, default=60.0, help="p99 bound, end to end as the client sees it")
+    ap.add_argument("--rate", type=float, default=60.0, help="requests per second (Poisson)")
+    ap.add_argument("--batch", type=int, default=16, help="images per request")
+    ap.add_argument("--slo-ms", type=float, default=40.0, help="p99 bound, end to end as the client sees it")
     ap.add_argument("--server-ms", type=float, default=0.0,
                     help="the bound given to the server's policies (default: the SLO)")
     ap.add_argument("--run", default="runs/governor_bench_r20", help="the training run (trained here if missing)")
@@ -446,6 +461,7 @@ def main() -> None:
         r = play(bundle, work, name.replace(" ", "_"), policy, start, args, args.slo_ms, params, governor)
         r["metrics"] = policy_metrics(r["rows"], scores, args.slo_ms)
         r["metrics"]["switches"] = len(r["moves"])
+        r["metrics"]["load_average"] = r["extra"]["load_average"]
         print(f"  {json.dumps(r['metrics'])}", flush=True)
         results[name] = r
     floor_run = None
@@ -454,6 +470,7 @@ def main() -> None:
         floor_run = play(bundle, work, "floor", "governor", (0.0, 1.0), args, args.slo_ms, None,
                          {**gov, "objective": "clean"}, during=raise_floor_midway(args.seconds))
         floor_run["metrics"] = policy_metrics(floor_run["rows"], scores, args.slo_ms)
+        floor_run["metrics"]["load_average"] = floor_run["extra"]["load_average"]
         print(f"  {json.dumps(floor_run['metrics'])} {floor_run['extra']}", flush=True)
 
     changes = [(frac * args.seconds, name, name in WORSE) for frac, name, _, _ in TRACE[1:]]
@@ -462,11 +479,13 @@ def main() -> None:
     statics = {k: v for k, v in results.items() if k.startswith("static")}
     summary: dict = {k: {**v["metrics"], "reaction_s": v["reaction_s"]} for k, v in results.items()}
     if len(statics) == 3:
-        logs = {plan[k][1]: v["rows"] for k, v in statics.items()}
+        # λn does not change latency: each width's static run stands for the width's most robust λn
+        logs = {best[plan[k][1][1]]: relabel(v["rows"], best[plan[k][1][1]]) for k, v in statics.items()}
         orc = oracle(logs, scores, args.slo_ms, args.seconds)
         summary["oracle (offline)"] = {k: v for k, v in orc.items() if k != "choices"}
-        hs = hindsight({k: v["metrics"] for k, v in statics.items()})
-        summary["best static in hindsight"] = {**statics[hs]["metrics"], "which": hs}
+        at_best = {f"width {p[1]:g}, λn {p[0]:g}": policy_metrics(rows, scores, args.slo_ms) for p, rows in logs.items()}
+        hs = hindsight(at_best)
+        summary["best static in hindsight"] = {**at_best[hs], "which": hs}
     lam_ms = {(p["lambda_n"], p["width"]): p["batches"][0]["p50_ms"] for p in prof["points"]}
     lam_spread = max((max(v for (lam, w), v in lam_ms.items() if w == width) /
                       min(v for (lam, w), v in lam_ms.items() if w == width) - 1) for width in b.widths)
@@ -537,13 +556,13 @@ def report(out: dict, results: dict, png: Path, args, bundle: Path) -> str:
     lines += [f"| {a} | {m} | {b} | **{'PASS' if ok else 'FAIL'}** |" for a, m, b, ok in bar]
     lines += ["", "### Per policy", "",
               "| policy | requests | failed | SLO violations | delivered RA | delivered CA | p50 ms | p99 ms | switches | "
-              "reaction to each change (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "reaction to each change (s) | load average (start → end) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, v in s.items():
         react = ", ".join("—" if x is None else f"{x:.1f}" for x in v.get("reaction_s") or ()) or "—"
         lines.append(f"| {k}{' (' + v['which'] + ')' if 'which' in v else ''} | {v.get('n', '—')} | "
                      f"{v.get('failed', '—')} | {_pct(v['violation_rate'])} | {100 * v['ra']:.2f} | {100 * v['ca']:.2f} | "
                      f"{v.get('p50_ms', math.nan):.1f} | {v.get('p99_ms', math.nan):.1f} | {v.get('switches', '—')} | "
-                     f"{react} |")
+                     f"{react} | {' → '.join(f'{x:.1f}' for x in v['load_average']) if v.get('load_average') else '—'} |")
     lines += ["", "Reaction: for each budget change of the trace, the time to the first switch in its direction (down "
               "for a worse budget, up for a better one), \"—\" when none came before the next change. The oracle and "
               "the best static point are computed offline from the three static runs (per window of "

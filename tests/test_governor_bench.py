@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from governor import beats, hindsight, oracle, policy_metrics, reaction_times, table_scores, windows  # noqa: E402
+from governor import (  # noqa: E402
+    beats,
+    hindsight,
+    oracle,
+    policy_metrics,
+    reaction_times,
+    relabel,
+    table_scores,
+    windows,
+)
 
 WIDE, NARROW = (1.0, 1.0), (1.0, 0.5)
 SCORES = {WIDE: (0.40, 0.70), NARROW: (0.20, 0.60)}
@@ -61,3 +70,11 @@ def test_reaction_times_and_who_beats_whom():
     g = {"violation_rate": 0.005, "ra": 0.30}
     assert beats(g, {"violation_rate": 0.04, "ra": 0.30}) and beats(g, {"violation_rate": 0.005, "ra": 0.25})
     assert not beats(g, {"violation_rate": 0.001, "ra": 0.35}) and not math.isnan(g["ra"])
+
+
+def test_a_static_run_stands_for_another_lambda_of_its_width():
+    log = [row(0.1, 20, WIDE), row(0.2, 30, WIDE, ok=False)]
+    other = (0.7, 1.0)
+    assert relabel(log, other) == [(0.1, 20, 0.7, 1.0, True), (0.2, 30, 1.0, 1.0, False)]
+    m = policy_metrics(relabel(log, other), {**SCORES, other: (0.5, 0.6)}, BOUND)
+    assert m["ra"] == 0.5 and m["failed"] == 1
