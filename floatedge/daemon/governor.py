@@ -36,11 +36,10 @@ co-runners and clock changes slows every configuration by about the same factor 
 transfers to all. We keep that idea and its filter (a scalar Kalman filter with a random-walk state) and change
 three things for a server: (1) we filter the *tail* factor ξ_q, not the mean, because the SLO bounds a
 percentile and interference widens the tail more than it moves the median; (2) each period measures the
-window's quantile (a high quantile of a few samples is biased low) but trusts it only for the new samples in it
-— the noise of a quantile shrinks with n·(1−q), the samples beyond it — so a quiet period moves it little;
-(3) a jump far outside the filter's confidence (an innovation beyond 3σ: a co-runner started) re-opens the
-filter at once, and so does telemetry
-announcing a change — a throttling edge, a power-mode switch, CPU cores going offline — which also scales the
+window's quantile (a high quantile of a few samples is biased low) with the variance of a quantile estimate —
+(tail scale)² ÷ n·(1−q), the samples beyond it — so a thin window moves it little; (3) a jump far outside the
+filter's confidence (an innovation beyond 3σ: a co-runner started) re-opens the filter at once, and so does
+telemetry announcing a change — a throttling edge, a power-mode switch, CPU cores going offline — which also scales the
 prior by the GPU clock ratio it reports, so the governor moves on the telemetry before the latencies show it.
 Throttling and the power mode are read from the snapshot, never guessed. Power is predicted the same way:
 profiled watts × the ratio of measured to predicted power at the current point.
@@ -398,11 +397,12 @@ class Governor:
         self._seen = new
         if ratios and n_new:
             q = self.budget.percentile / 100
-            # the window's quantile (a high quantile of a few samples is biased low), trusted for the new samples
-            # in it only: its error shrinks with the n·(1−q) of them beyond it
+            # the window's quantile (a high quantile of a few samples is biased low); its standard error, for a tail
+            # of scale s ≈ (z_q − z_50) / ln(0.5 / (1 − q)), is about s / √(n·(1 − q)), n·(1−q) the samples beyond it
             zq, z50 = quantile(ratios, q), quantile(ratios, 0.5)
-            self.xi_q.update(zq, ((zq - z50) ** 2 + (0.05 * zq) ** 2) / max(0.25, n_new * (1 - q)))
-            self.xi_50.update(z50, ((0.1 * z50) ** 2) / n_new)
+            scale = (zq - z50) / math.log(0.5 / (1 - q))
+            self.xi_q.update(zq, (scale ** 2 + (0.02 * zq) ** 2) / max(0.25, len(ratios) * (1 - q)))
+            self.xi_50.update(z50, ((0.1 * z50) ** 2) / len(ratios))
         return len(fresh)
 
     # -------------------------------------------------------------------- predicting
@@ -450,6 +450,7 @@ class Governor:
         if self.events:  # what finished before the change shows the old device: the filters start from the prior
             self._seen = max([self._seen, *(r.done for r in obs.requests)])
             self._since = self._switched_at = obs.now  # and the observed percentile restarts
+            self._headroom = None  # headroom seen on the old device does not count
         self._fold(obs)
         win = self._window(obs)
         snap = obs.telemetry or {}
