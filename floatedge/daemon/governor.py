@@ -65,6 +65,7 @@ from typing import Any, NamedTuple
 OBJECTIVES = ("robust", "clean", "weighted")
 PRIORITIES = ("slo", "floor")
 MAX_BACKOFF = 16
+BIAS_HALF_LIFE_S = 30.0
 
 
 class GovernorInputError(ValueError):
@@ -320,6 +321,7 @@ class Governor:
         self._switched_at = -math.inf
         self._up_at = -math.inf
         self._backoff = 1
+        self._bias: dict[tuple, tuple[float, float]] = {}  # point → (under-prediction of a failed step up, when)
         self._headroom: tuple[tuple[float, float], float] | None = None  # (target key, since)
         self._dirty = True  # the budget changed: answer it at the next decision
         self.events: list[str] = []  # telemetry events seen in the last decision
@@ -434,10 +436,28 @@ class Governor:
             out["observed_ms"] = quantile([r.e2e_s * 1e3 for r in here], q)
         return out
 
-    def predict(self, p: PointCost, win: Mapping[str, Any]) -> float:
+    def predict(self, p: PointCost, win: Mapping[str, Any], cur: PointCost | None = None, now: float = 0.0) -> float:
         """Predicted end-to-end latency (ms) of `p` at the budget's percentile: the fixed overhead plus the slowdown
-        times the profiled latency at the recent batch."""
-        return win["overhead_ms"] + self.xi_q.x * p.compute_ms(win["batch"])
+        times the profiled latency at the recent batch, times what a failed step up to `p` taught (`_bias`). For a
+        point dearer than the current one the queueing grows as in an M/M/1 queue, 1/(1 − u), u the utilisation
+        from the arrival rate and the median model-call time (a median, so a backlog's waits barely move it);
+        saturated (inf) from u = 0.95."""
+        b = win["batch"]
+        model = self.xi_q.x * p.compute_ms(b) * self._bias_at(p.key, now)
+        if cur is not None and p.compute_ms(b) > cur.compute_ms(b):
+            u_now = min(win["utilisation"], 0.9)
+            u_p = u_now * p.compute_ms(b) / cur.compute_ms(b)
+            if u_p >= 0.95:
+                return math.inf
+            model *= (1 - u_now) / (1 - u_p)
+        return win["overhead_ms"] + model
+
+    def _bias_at(self, key: tuple, now: float) -> float:
+        """How much a failed step up to this point was under-predicted, decaying by half every BIAS_HALF_LIFE_S."""
+        if key not in self._bias:
+            return 1.0
+        miss, at = self._bias[key]
+        return 1.0 + (miss - 1.0) * 0.5 ** (max(0.0, now - at) / BIAS_HALF_LIFE_S)
 
     def predict_power(self, p: PointCost) -> float | None:
         return None if p.power_w is None else p.power_w * self.power_ratio.x
@@ -451,6 +471,7 @@ class Governor:
             self._seen = max([self._seen, *(r.done for r in obs.requests)])
             self._since = self._switched_at = obs.now  # and the observed percentile restarts
             self._headroom = None  # headroom seen on the old device does not count
+            self._backoff, self._bias = 1, {}  # nor do failed probes
         self._fold(obs)
         win = self._window(obs)
         snap = obs.telemetry or {}
@@ -465,7 +486,7 @@ class Governor:
         if snap.get("ram_total_mb") is not None and snap.get("ram_used_mb") is not None:
             free = float(snap["ram_total_mb"]) - float(snap["ram_used_mb"])
 
-        pred = {p.key: self.predict(p, win) for p in self.points}
+        pred = {p.key: self.predict(p, win, cur, obs.now) for p in self.points}
         bound = bud.latency_ms
         observed = win.get("observed_ms")
         over = bool(bound) and cur is not None and observed is not None and observed > bound
@@ -583,6 +604,11 @@ class Governor:
             limit, why = broken[0]
             if self._up_at > self._switched_at - 1e-9 and obs.now - self._up_at < tun.dwell_s * self._backoff:
                 self._backoff = min(MAX_BACKOFF, self._backoff * 2)  # the last step up did not hold
+                if limit == "latency" and observed is not None and cur is not None:  # remember by how much it erred
+                    plain = self.predict(cur, win) - win["overhead_ms"]
+                    if plain > 0:
+                        miss = max(1.0, (observed - win["overhead_ms"]) / plain)
+                        self._bias[cur.key] = (max(miss, self._bias_at(cur.key, obs.now)), obs.now)
             return self._switch(obs, target, limit, f"{why}: → {target.label()} (predicted "
                                                     f"{self._fmt(pred[target.key])}){tail}", detail)
         if here:
