@@ -17,18 +17,18 @@ runtime runs at once.
 
 **The latency model.** A point p's end-to-end latency at the budget's percentile q is predicted as
 
-    L_q(p) = O + ξ_q · t_p(b)
+    L_q(p) = O + ξ_q · t_p(b) · bias_p · (1 − u) / (1 − u_p)     (the last factor only for a point dearer than now)
 
 t_p(b) is the profiled p50 at the recent mean batch b (interpolated between profiled batches); O the fixed part of
 what the server adds outside the model call (HTTP, decoding, encoding; the median over the window, the same for
 every point); ξ_q the *slowdown*: the q-quantile of (end-to-end latency − O) ÷ t_p(b) over recent requests,
 whichever point each ran at. Everything beyond the fixed part — the model call slowed by co-runners or clocks, and
 the waiting for a thread or a runtime slot, which grows with the point's cost — is in ξ_q, so the prediction is
-exact at the current point and scales with the profiled cost elsewhere. (Queueing grows faster than linearly as
-utilisation nears 1, so a wider point's prediction errs low: the margin, the dwell, the observed check and the
-backoff below are what keep that from costing violations. A utilisation factor 1/(1−ρ) was tried and dropped:
-ρ needs the pure compute time, and the server's model-call time includes the wait for a runtime slot, which
-inflates ρ exactly when it matters.) The utilisation rate × median model-call time ÷ concurrency is reported.
+exact at the current point and scales with the profiled cost elsewhere. Queueing grows faster than linearly near
+saturation, so for a dearer point the M/M/1 factor moves it from today's utilisation u (arrival rate × median
+model-call time ÷ concurrency: a median, which a backlog's waits barely move) to u_p = u · t_p / t_now, and
+u_p ≥ 0.95 does not fit; a cheaper point keeps the linear scaling, which overstates its latency a little (the
+safe side). bias_p is what a failed step up to p taught: by how much p was under-predicted, halving every 30 s.
 
 **Why this estimator.** ALERT (Wan et al., USENIX ATC'20; daemon.md §5) predicts every configuration's latency as
 its profiled latency times one global slowdown factor tracked by a Kalman filter, because interference from
