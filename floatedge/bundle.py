@@ -25,7 +25,8 @@ Typical device-side use::
     onnx_bytes = b.model_bytes(op.width)       # feed `images` and `lambda_n` to it
     b.lookup(op)                               # the CA/RA measured at that point, if evaluated
 
-Manifest keys (schema version 1; version 2 adds OAT), all required unless marked optional:
+Manifest keys (schema version 1; version 2 adds OAT; version 3 adds mixing dials), all required unless marked
+optional:
 
 * ``format`` = "floatedge-bundle", ``schema_version`` = 1 or 2, ``created`` (ISO-8601 UTC)
 * ``architecture``, ``method`` ("float", "floats", "pgdat", "standard", "oat", "oats"), ``classes`` (list of names)
@@ -34,7 +35,13 @@ Manifest keys (schema version 1; version 2 adds OAT), all required unless marked
   An OAT bundle's ``lambda_th`` is 0: its BNs route as the λ rule at λ_th = 0, and it takes no other.
 * ``input``: ``name`` "images", ``shape`` [C, H, W], ``dtype`` "float32", ``range`` [0, 1],
   ``layout`` "NCHW", ``mean`` / ``std`` (normalisation done inside the model)
-* ``widths`` (widest first), ``lambda_th`` (the threshold baked into every graph)
+* ``widths`` (widest first), ``lambda_th`` (the threshold baked into every graph; 0 under a mixing dial)
+* ``dial`` (optional; absent = switch, as every bundle written before dials existed): what λ_n does in the
+  graphs, `floatedge.oppoint.Dial.to_dict` — {``name``, ``t``, ``s``}: "switch" (Eq. 5, BN_C or BN_A by λ_th;
+  no knots) or a mixing dial ("mix", ...: each BN the blend (1 − t)·BN_C + t·BN_A, t and s piecewise-linear in
+  λ_n through the knots [[λ_n, value], ...]). Name and knots must be a dial this floatedge knows
+  (`oppoint.DIALS`). A mixing dial needs schema version 3 (`DIAL_SCHEMA`: an older floatedge, which would
+  read the graph's BN tensors as switch ones, refuses it); switch bundles stay at version 1 (or 2 for OAT).
 * ``noise``: ``seed``, ``mode``, ``eta_dtype`` ("float32" or "float16")
 * ``alphas``: {layer name: α} (empty for models without noise)
 * ``models``: list of {``width``, ``file``, ``opset``, ``layers``}; ``layers`` lists the conditional
@@ -82,9 +89,9 @@ from typing import IO, Any
 import numpy as np
 
 from floatedge.fsutil import atomic_write, current_umask
-from floatedge.oppoint import OperatingPoint, OperatingPointError, check_width, check_width_in
+from floatedge.oppoint import Dial, OperatingPoint, OperatingPointError, check_width, check_width_in, get_dial
 
-SCHEMA_VERSION = 2  # the newest this code reads and writes; see KIND_SCHEMA
+SCHEMA_VERSION = 3  # the newest this code reads and writes; see KIND_SCHEMA and DIAL_SCHEMA
 FORMAT = "floatedge-bundle"
 MANIFEST = "manifest.json"
 # The Ed25519 signature over manifest.json (floatedge.signing). Not in the manifest's file table — it signs the
@@ -96,7 +103,8 @@ INPUT = "images"
 LAMBDA = "lambda_n"
 OUTPUT = "logits"
 NOISE_SCALE = "noise_scale"  # tensor names of the λ subgraph's two outputs in every scalable graph
-USE_ADV = "use_adv"
+USE_ADV = "use_adv"  # (switch dial: the BN set); a mixing dial's graph computes BN_WEIGHT (t) instead
+BN_WEIGHT = "bn_weight"
 
 # What carries λ in a bundle's graphs: "float" — W + s·α·η and dual BN (also PGD-AT and standard runs, which
 # have neither noise nor a second BN); "oat" — FiLM MLPs on λ_n after the BNs, dual BN routed at λ_th = 0.
@@ -104,6 +112,8 @@ KINDS = ("float", "oat")
 # A bundle is written at the lowest schema that describes it: FLOAT bundles stay version 1 (the `kind` key is
 # additive), so a floatedge that reads only version 1 still opens them; OAT needs version 2.
 KIND_SCHEMA = {"float": 1, "oat": 2}
+# ... and a mixing dial (`Dial.mixes`) needs version 3; a switch bundle carries the additive `dial` key at its kind's
+DIAL_SCHEMA = {False: 1, True: 3}
 
 VERIFY_LAMBDAS = (0.0, 0.2, 0.37, 0.5, 0.51, 0.7, 1.0)
 PARITY_TOL = 1e-4
@@ -358,6 +368,11 @@ class Bundle:
         return float(self.manifest["lambda_th"])
 
     @property
+    def dial(self) -> Dial:
+        """What λ_n does in this bundle's graphs (the manifest's ``dial``; switch when absent)."""
+        return get_dial(self.manifest.get("dial"))
+
+    @property
     def kind(self) -> str:
         """"float" or "oat" (`KINDS`): which λ machinery the graphs carry. Version-1 bundles are "float"."""
         return self.manifest.get("kind", "float")
@@ -435,13 +450,14 @@ class Bundle:
         return self.check_point(OperatingPoint(lambda_n, w, self.lambda_th))
 
     def check_point(self, op: OperatingPoint) -> OperatingPoint:
-        """`op` if this bundle can run it: its width is here and, for an OAT bundle, λ_th is 0 — OAT has no
-        threshold, its BNs route as the λ rule does at λ_th = 0 (BN_A iff λ_n > 0); OperatingPointError else."""
+        """`op` under this bundle's dial if this bundle can run it: its width is here, it names no other dial,
+        and, for an OAT bundle, λ_th is 0 — OAT has no threshold, its BNs route as the λ rule does at λ_th = 0
+        (BN_A iff λ_n > 0); OperatingPointError else. Under a mixing dial the point's λ_th becomes 0 (it has none)."""
         self.model_entry(op.width)
         if self.kind == "oat" and op.lambda_th != 0.0:
             raise OperatingPointError(f"an OAT bundle has no λ_th: its BNs route at λ_th = 0 (BN_A iff λ_n > 0), "
                                       f"got λ_th={op.lambda_th:g}")
-        return op
+        return op.with_dial(self.dial)  # the bundle's dial filled in; a point naming another is refused
 
     def table(self) -> list[dict]:
         """The operating-point table (CA/RA per λ_n × width), empty if exported without `--eval`."""
@@ -451,9 +467,12 @@ class Bundle:
     def lookup(self, op: OperatingPoint) -> dict | None:
         """The table row measured for `op`, matched on what it computes (noise scale, BN set, width), so
         λ_n = 1 under λ_th = 0 answers for λ_n = 1 under λ_th = 0.5; None if not evaluated."""
-        key = op.effective()
+        try:
+            key = op.with_dial(self.dial).effective()
+        except OperatingPointError:  # a point under another dial: this bundle measured none of those
+            return None
         for row in self.table():
-            if OperatingPoint(row["lambda_n"], row["width"], row["lambda_th"]).effective() == key:
+            if OperatingPoint(row["lambda_n"], row["width"], row["lambda_th"], row.get("dial")).effective() == key:
                 return row
         return None
 
@@ -501,6 +520,13 @@ def check_manifest(manifest: Any, path: str | Path = "bundle") -> None:
     if version < KIND_SCHEMA[kind] or (kind == "oat" and not isinstance(manifest.get("film"), dict)):
         raise BundleError(f"{path}: {MANIFEST} of kind {kind!r} needs schema version ≥ {KIND_SCHEMA[kind]} "
                           f"and a film description (it has version {version})")
+    try:
+        mixes = get_dial(manifest.get("dial")).mixes
+    except OperatingPointError as exc:
+        raise BundleError(f"{path}: {MANIFEST}: {exc}") from None
+    if version < DIAL_SCHEMA[mixes]:
+        raise BundleError(f"{path}: {MANIFEST} with a mixing dial needs schema version ≥ {DIAL_SCHEMA[mixes]} "
+                          f"(it has version {version})")
     _check_acceptance(manifest, path)
 
 
@@ -573,6 +599,7 @@ def iter_layers(entry: Mapping[str, Any], kind: str | None = None) -> Iterator[d
 
 __all__ = [
     "SCHEMA_VERSION", "KINDS", "KIND_SCHEMA", "FORMAT", "MANIFEST", "SUFFIX", "INPUT", "LAMBDA", "OUTPUT", "NOISE_SCALE", "USE_ADV",
+    "BN_WEIGHT", "DIAL_SCHEMA",
     "SIGNATURE", "VERIFY_LAMBDAS", "PARITY_TOL", "BundleError", "Bundle", "FileStatus", "open_bundle", "write_bundle",
     "check_manifest", "manifest_checksum", "model_filename", "sha256_bytes", "sha256_file", "iter_layers",
     "ACCEPTANCE_IMAGES", "ACCEPTANCE_LABELS", "ACCEPTANCE_PREDICTIONS", "ACCEPTANCE_DTYPES", "BUILD_REPORT_SUFFIX",

@@ -1,10 +1,13 @@
-"""The operating point and the one rule that maps it to (noise scale, BN set).
+"""The operating point and the one rule that maps it to (noise scale s, BN mixing weight t).
 
 Everything that needs to know what λ_n means — training, evaluation, the ONNX graph, the runtime —
 calls this module. It imports only the standard library and numpy so the device side can use it
 without torch.
 
-The FLOAT paper (Eq. 5) gives two thresholds:
+A *dial* is that rule. Two kinds exist, and a bundle records which one its graphs compute (`Dial`,
+manifest key ``dial``):
+
+``switch`` — the FLOAT paper's Eq. 5, with a threshold λ_th:
 
 * λ_th = 0   (as OAT): BN_A iff λ_n > 0, noise scale s = λ_n;
 * λ_th = 0.5:          λ_n ≤ 0.5 → BN_C, s = 2·λ_n;  λ_n > 0.5 → BN_A, s = 2·(λ_n − 0.5).
@@ -13,11 +16,40 @@ Both are instances of one rule for any λ_th in [0, 1): below or at the threshol
 and s rises linearly from 0 to 1 across [0, λ_th]; above it the adversarial BN is used and s rises from
 0 to 1 across (λ_th, 1]. We implement that general rule (choice: the paper only names 0 and 0.5) and
 test it against the paper's two tables. Training uses only λ ∈ {0, 1}: (BN_C, s=0) and (BN_A, s=1).
+
+``mix`` (and its variants) — BN interpolation, no retraining (issue 15: at full-data scale a switch dial
+gives two operating points, not a dial, because the noise scale barely moves CA or RA and all the
+trade-off sits in the BN switch). Every BN becomes the blend of its two sets' *outputs*
+
+    BN_t(x) = (1 − t)·BN_C(x) + t·BN_A(x),   t = t(λ_n) ∈ [0, 1],   s = s(λ_n),
+
+with t and s piecewise-linear in λ_n through a few knots (`Dial.t`, `Dial.s`; `DIALS` lists the named
+ones; `mix` is t = s = λ_n). In evaluation mode a BN is an affine map per channel,
+BN_X(x) = k_X·x + b_X with k_X = γ_X/√(σ²_X + ε) and b_X = β_X − μ_X·k_X, so the blend is exact and
+linear: k = k_C + t·(k_A − k_C), b = b_C + t·(b_A − b_C) — one affine per channel at a fixed t
+(`mix_affine`). Materialised it costs nothing (the static form's BN holds that affine; TensorRT folds it
+into the conv as it folds any BN); in the scalable graph it is two Mul/Add pairs per BN on per-channel
+constants, driven by the λ_n input. At t ∈ {0, 1} it is BN_C or BN_A.
+
+Why outputs and not statistics (choice): mixing the parameters and statistics instead,
+μ = (1−t)μ_C + tμ_A, σ² = (1−t)σ²_C + tσ²_A, γ and β likewise, gives a BN whose output is *not* between
+the two sets' outputs — k = γ_t/√(σ²_t + ε) is a ratio of blends, so the map is nonlinear in t and a
+channel whose σ_C and σ_A differ a lot (BN_A sees adversarial activations) swings beyond both ends on
+the way. Blending outputs keeps every channel's affine on the segment between the two trained ones,
+and it is what the torch model computes literally (`floatedge.train.layers.DualBatchNorm2d`), so the
+torch model, the scalable graph, the static form and the runtime agree by construction, not by a
+second derivation.
+
+A point's λ_th means something only under ``switch``; under a mixing dial it does not exist and is
+reported as 0 (as for OAT). `OperatingPoint.dial` None means "the dial of whatever runs it": a bundle
+fills its own in (`floatedge.bundle.Bundle.check_point`), and with none known it is ``switch``.
+Which dial measured best, and so is the default (`DEFAULT_DIAL`): see docs/RESULTS.md, section
+"lambda-dial".
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +59,7 @@ BN_ADV = 1
 BN_NAMES = ("clean", "adv")
 
 DEFAULT_LAMBDA_TH = 0.5
+SWITCH = "switch"
 PAPER_LAMBDA_THS = (0.0, 0.5)
 PAPER_LAMBDAS = (0.0, 0.2, 0.7, 1.0)
 
@@ -118,37 +151,178 @@ def noise_scale_array(lambda_n: np.ndarray, lambda_th: float) -> tuple[np.ndarra
     return np.where(use_adv, high, low).astype(np.float32), use_adv
 
 
+Knots = tuple[tuple[float, float], ...]
+
+
+def _knots(value: Sequence[Sequence[float]], what: str, hi: float | None) -> Knots:
+    """Checked knots (λ, y): λ strictly rising from 0 to 1, y finite, ≥ 0 and ≤ `hi` when given."""
+    try:
+        knots = tuple((float(x), float(y)) for x, y in value)
+    except (TypeError, ValueError):
+        raise OperatingPointError(f"dial {what}: knots must be pairs (λ_n, value), got {value!r}") from None
+    xs = [x for x, _ in knots]
+    if len(knots) < 2 or xs[0] != 0.0 or xs[-1] != 1.0 or any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
+        raise OperatingPointError(f"dial {what}: knots must rise strictly from λ_n = 0 to 1, got {value!r}")
+    if not all(math.isfinite(y) and y >= 0 and (hi is None or y <= hi) for _, y in knots):
+        raise OperatingPointError(f"dial {what}: values must be in [0, {hi if hi is not None else '∞'}), got {value!r}")
+    return knots
+
+
+def pwl_constants(knots: Knots) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.float32]:
+    """(starts, spans, slopes, y0) in float32 for `pwl`: the same constants the ONNX graph stores."""
+    x = np.array([k[0] for k in knots], np.float64)
+    y = np.array([k[1] for k in knots], np.float64)
+    return (x[:-1].astype(np.float32), np.diff(x).astype(np.float32), (np.diff(y) / np.diff(x)).astype(np.float32),
+            np.float32(y[0]))
+
+
+def pwl(lam: np.ndarray, knots: Knots) -> np.ndarray:
+    """The piecewise-linear function through `knots` at `lam` (float32), written with the ops the graph uses:
+    y0 + Σ_k slope_k · min(max(λ − start_k, 0), span_k)  (Sub, Max, Min, Mul, ReduceSum, Add)."""
+    starts, spans, slopes, y0 = pwl_constants(knots)
+    lam = np.asarray(lam, np.float32)[..., None]
+    seg = np.minimum(np.maximum(lam - starts, np.float32(0)), spans)
+    return (y0 + (seg * slopes).sum(-1, dtype=np.float32)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Dial:
+    """How λ_n sets the noise scale s and the BN mixing weight t (see the module docstring).
+
+    `name` "switch" is Eq. 5 with the point's λ_th (`t` and `s` empty; t ∈ {0, 1}); any other is a mixing
+    dial, t and s piecewise-linear through their knots ((λ_n, value), λ_n from 0 to 1)."""
+
+    name: str = SWITCH
+    t: Knots = ()
+    s: Knots = ()
+
+    def __post_init__(self) -> None:
+        if self.name == SWITCH:
+            if self.t or self.s:
+                raise OperatingPointError("the switch dial takes no knots")
+            return
+        object.__setattr__(self, "t", _knots(self.t, "t", 1.0))
+        object.__setattr__(self, "s", _knots(self.s, "s", None))
+
+    @property
+    def mixes(self) -> bool:
+        return self.name != SWITCH
+
+    def arrays(self, lambda_n: np.ndarray, lambda_th: float) -> tuple[np.ndarray, np.ndarray]:
+        """(s, t) in float32 at `lambda_n` (any shape), as the graph computes them."""
+        if not self.mixes:
+            s, use_adv = noise_scale_array(lambda_n, lambda_th)
+            return s, use_adv.astype(np.float32)
+        return pwl(lambda_n, self.s), pwl(lambda_n, self.t)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "t": [list(k) for k in self.t], "s": [list(k) for k in self.s]}
+
+    def describe(self) -> str:
+        if not self.mixes:
+            return "switch (FLOAT Eq. 5: BN_C or BN_A by λ_th, s rising from 0 to 1 in each branch)"
+        pts = lambda kn: " ".join(f"({x:g}, {y:g})" for x, y in kn)  # noqa: E731
+        return f"{self.name} (BN mixed: t through {pts(self.t)}; s through {pts(self.s)})"
+
+
+_LINEAR: Knots = ((0.0, 0.0), (1.0, 1.0))
+# The named dials (a bundle records its dial by name and knots; `get_dial()` checks they agree). Measured side by
+# side in docs/RESULTS.md "lambda-dial" (benchmarks/lambda_dial.py).
+DIALS: dict[str, Dial] = {d.name: d for d in (
+    Dial(SWITCH),
+    Dial("mix", _LINEAR, _LINEAR),                       # t = s = λ_n
+    Dial("mix-s1", _LINEAR, ((0.0, 1.0), (1.0, 1.0))),   # t = λ_n, s = 1 everywhere (noise always on)
+    Dial("mix-s0", _LINEAR, ((0.0, 0.0), (1.0, 0.0))),   # t = λ_n, no noise anywhere (BN interpolation alone)
+)}
+DEFAULT_DIAL = SWITCH
+
+
+def get_dial(value: Dial | str | Mapping | None) -> Dial:
+    """A Dial from a name, a manifest entry ({name, t, s}: must match the named dial), a Dial, or None (switch)."""
+    if value is None:
+        return DIALS[SWITCH]
+    if isinstance(value, Dial):
+        return value
+    name = value if isinstance(value, str) else value.get("name") if isinstance(value, Mapping) else None
+    if name not in DIALS:
+        raise OperatingPointError(f"unknown dial {name!r}; known: {', '.join(DIALS)}")
+    known = DIALS[name]
+    if isinstance(value, Mapping) and Dial(name, value.get("t") or (), value.get("s") or ()) != known:
+        raise OperatingPointError(f"dial {name!r} is recorded with other knots than this floatedge's "
+                                  f"({known.describe()}); upgrade floatedge")
+    return known
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
-    """Where a deployed model runs: trade-off λ_n, width, and the BN threshold λ_th."""
+    """Where a deployed model runs: trade-off λ_n, width, the BN threshold λ_th (switch dial only) and the dial.
+
+    `dial` None: the dial of whatever runs the point (a bundle fills its own in), switch where none is known.
+    A mixing dial has no λ_th: it is stored as 0."""
 
     lambda_n: float = 0.0
     width: float = 1.0
     lambda_th: float = DEFAULT_LAMBDA_TH
+    dial: Dial | str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lambda_n", check_lambda(self.lambda_n))
         object.__setattr__(self, "width", check_width(self.width))
         object.__setattr__(self, "lambda_th", check_lambda_th(self.lambda_th))
+        d = None if self.dial is None else get_dial(self.dial)
+        object.__setattr__(self, "dial", d if d is not None and d.mixes else None)  # switch is stored as None
+        if d is not None and d.mixes:
+            object.__setattr__(self, "lambda_th", 0.0)
+
+    @property
+    def rule(self) -> Dial:
+        """The dial this point is computed with (switch when none is named)."""
+        return self.dial or DIALS[SWITCH]
+
+    def _st(self) -> tuple[float, float]:
+        s, t = self.rule.arrays(np.float32(self.lambda_n), self.lambda_th)
+        return float(s), float(t)
 
     @property
     def noise_scale(self) -> float:
-        return noise_scale(self.lambda_n, self.lambda_th)
+        if self.dial is None:  # the exact scalar rule (float64), as before dials existed
+            return noise_scale(self.lambda_n, self.lambda_th)
+        return self._st()[0]
+
+    @property
+    def bn_weight(self) -> float:
+        """t: the weight of BN_A in the blend (1 − t for BN_C); 0 or 1 under the switch dial."""
+        return float(bn_set(self.lambda_n, self.lambda_th)) if self.dial is None else self._st()[1]
 
     @property
     def bn(self) -> int:
-        return bn_set(self.lambda_n, self.lambda_th)
+        """The BN set used (switch), or the one weighing more in the blend (a mixing dial)."""
+        return BN_ADV if self.bn_weight > 0.5 else BN_CLEAN
 
     @property
     def bn_name(self) -> str:
-        return BN_NAMES[self.bn]
+        t = self.bn_weight
+        return BN_NAMES[int(t)] if t in (0.0, 1.0) else f"mix {t:.2f}"
 
-    def effective(self) -> tuple[float, int, float]:
-        """(s, bn, width): two points with the same triple compute the same function."""
-        return (round(self.noise_scale, 9), self.bn, self.width)
+    def effective(self) -> tuple[float, float, float]:
+        """(s, t, width): two points with the same triple compute the same function."""
+        return (round(self.noise_scale, 9), round(self.bn_weight, 9), self.width)
+
+    def with_dial(self, d: Dial | str | None) -> OperatingPoint:
+        """This point under dial `d` (a bundle's): filled in if the point names none; OperatingPointError if it
+        names another."""
+        d = get_dial(d)
+        if self.dial is None and not d.mixes:
+            return self
+        if self.dial is None:
+            return OperatingPoint(self.lambda_n, self.width, 0.0, d)
+        if self.dial != d:
+            raise OperatingPointError(f"the point names dial {self.dial.name!r}, this model's is {d.name!r}")
+        return self
 
     def to_dict(self) -> dict:
-        return {"lambda_n": self.lambda_n, "width": self.width, "lambda_th": self.lambda_th}
+        out = {"lambda_n": self.lambda_n, "width": self.width, "lambda_th": self.lambda_th}
+        return out | ({"dial": self.dial.name} if self.dial is not None else {})
 
     @classmethod
     def training(cls, adversarial: bool, width: float = 1.0) -> OperatingPoint:
@@ -156,13 +330,36 @@ class OperatingPoint:
         return cls(1.0 if adversarial else 0.0, width, 0.0)
 
     def __str__(self) -> str:
+        if self.dial is not None:
+            return f"λn={self.lambda_n:g} w={self.width:g} {self.dial.name} (s={self.noise_scale:.3g}, t={self.bn_weight:.3g})"
         return f"λn={self.lambda_n:g} w={self.width:g} λth={self.lambda_th:g} (s={self.noise_scale:.3g}, BN_{'A' if self.bn else 'C'})"
 
 
-def equivalent_lambda(point: OperatingPoint, graph_lambda_th: float) -> float:
-    """The λ_n to feed a scalable graph whose λ_th is baked in, so that it computes `point` (which may
-    name another λ_th). Checked against the λ rule itself (`OperatingPoint.effective`)."""
-    if point.lambda_th == graph_lambda_th:
+def mix_affine(scale_c: np.ndarray, shift_c: np.ndarray, scale_a: np.ndarray, shift_a: np.ndarray,
+               t: float | np.floating) -> tuple[np.ndarray, np.ndarray]:
+    """The blended per-channel affine at weight t, as the scalable graph computes it: X_C + t·(X_A − X_C)."""
+    t = np.float32(t)
+    return ((scale_c + t * (scale_a - scale_c)).astype(np.float32),
+            (shift_c + t * (shift_a - shift_c)).astype(np.float32))
+
+
+def fold_bn(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """One BN set as the affine the mixing graph stores: (scale, shift) with scale = γ/√(σ²+ε)·√(1+ε) and
+    shift = β − μ·γ/√(σ²+ε), in float32 (computed in float64). The graph's BatchNormalization node then runs with
+    mean 0 and variance 1, so it multiplies by scale/√(1+ε) = γ/√(σ²+ε)."""
+    k = np.asarray(weight, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    return ((k * math.sqrt(1.0 + eps)).astype(np.float32),
+            (np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * k).astype(np.float32))
+
+
+def equivalent_lambda(point: OperatingPoint, graph_lambda_th: float, graph_dial: Dial | str | None = None) -> float:
+    """The λ_n to feed a scalable graph whose λ_th (and dial, `graph_dial`; None: the point's own) is baked in,
+    so that it computes `point` (which may name another λ_th). Checked against the λ rule itself
+    (`OperatingPoint.effective`). A mixing dial has no λ_th: its graph takes the point's λ_n as it is."""
+    if graph_dial is not None and point.rule != get_dial(graph_dial):
+        raise OperatingPointError(f"the in-graph model computes dial {get_dial(graph_dial).name!r} and cannot compute "
+                                  f"{point}; open the runtime with mode='materialised'")
+    if point.dial is not None or point.lambda_th == graph_lambda_th:
         return point.lambda_n
     s, th = point.noise_scale, graph_lambda_th
     lam = th + s * (1.0 - th) if point.bn else s * th

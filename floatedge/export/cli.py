@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from floatedge.errors import user_errors
+from floatedge.oppoint import DIALS
 
 
 def _size(n: int | None) -> str:
@@ -35,6 +36,9 @@ def _widths(ws) -> str:
               help="`floatedge eval` result of this run: becomes the operating-point table.")
 @click.option("--lambda-th", type=float, default=None,
               help="λ_th baked into every graph (default 0.5; OAT/OATS runs have none and take only 0).")
+@click.option("--dial", type=click.Choice(list(DIALS)), default=None,
+              help="What λ_n does in the graphs: switch = Eq. 5 by λ_th; mix... = BN sets blended, no λ_th "
+                   "(docs/export.md). --eval must be measured under it. [default: oppoint.DEFAULT_DIAL]")
 @click.option("--eta-dtype", type=click.Choice(["auto", "float16", "float32"]), default="auto", show_default=True,
               help="Storage type of η; auto = float16 if ONNX Runtime still matches PyTorch within 1e-4, else float32.")
 @click.option("--acceptance", "acceptance", type=click.IntRange(min=0), default=512, show_default=True,
@@ -45,7 +49,7 @@ def _widths(ws) -> str:
 @click.option("--sign", "sign_key", type=click.Path(), default=None,
               help="Sign the bundle with this Ed25519 private key (floatedge keygen).")
 @user_errors
-def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, acceptance, tar, force, sign_key) -> None:
+def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, dial, eta_dtype, acceptance, tar, force, sign_key) -> None:
     """Export a finished run to a deployable bundle: one runtime-scalable ONNX model per width + manifest."""
     from floatedge.export.torch_export import export_bundle
     from floatedge.fsutil import check_destination
@@ -53,7 +57,8 @@ def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, eta_dtype, acc
 
     key = load_private_key(sign_key) if sign_key else None  # a bad key fails here, not after the export
     check_destination(out)  # before the minutes of work, not at the rename
-    r = export_bundle(run_dir, out, widths, opset, eval_file, tar, lambda_th, eta_dtype, force, acceptance=acceptance)
+    r = export_bundle(run_dir, out, widths, opset, eval_file, tar, lambda_th, eta_dtype, force, acceptance=acceptance,
+                      dial=dial)
     click.echo(f"wrote {r.path} ({'tar' if tar else 'directory'}): widths {_widths(r.model_bytes)}, "
                f"{_size(r.bundle_bytes)} ({r.size_ratio:.2f}× a plain export of the same widths, "
                f"{_size(r.plain_bytes)}); η {r.eta_dtype}, max |Δlogits| vs PyTorch {r.parity:.1e}; {r.seconds:.1f} s")
@@ -83,6 +88,7 @@ def inspect_cmd(bundle) -> None:
     else:
         click.echo(f"λ        λ_th {b.lambda_th:g}; noise seed {noise['seed']} ({noise['mode']}), η stored as "
                    f"{noise['eta_dtype']}; {len(m['alphas'])} noisy layers")
+        click.echo(f"dial     {b.dial.describe()}")
     click.echo(f"widths   {_widths(b.widths)}")
     git = (prov.get("git_commit") or "?")[:10] + (" dirty" if prov.get("git_dirty") else "")
     pk = prov.get("packages", {})

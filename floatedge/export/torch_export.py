@@ -18,6 +18,12 @@ BNFiLM's path, marked `"film"` in the layer table; its FiLM MLP is stored sliced
 `FiLM.coefficients` slices it, and the λ encoder's grid and rows are stored once. `make_scalable` then
 computes the FiLM-folded BN weight and bias from `lambda_n` in-graph (`floatedge.graph.film`). OAT has no
 λ_th: its BNs route at λ_th = 0 (`oppoint.bn_set(λ, 0)`, as the trainer), so its bundle bakes 0.
+
+The dial (`--dial`, `floatedge.oppoint.Dial`): `switch` selects a BN set by λ_th (Eq. 5); a mixing dial (`mix`,
+...) blends the two sets, the graph storing each set folded to its per-channel affine (`floatedge.graph.scalable`).
+The manifest records it (``dial``); a mixing bundle has no λ_th (recorded as 0) and needs schema version 3. The
+operating-point table must have been measured under the same dial (`floatedge eval --dial`): what is measured is
+what is deployed. OAT runs and runs without a dual BN have nothing to blend and take only `switch`.
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ from floatedge.bundle import (
     ACCEPTANCE_IMAGES,
     ACCEPTANCE_LABELS,
     ACCEPTANCE_PREDICTIONS,
+    DIAL_SCHEMA,
     FORMAT,
     INPUT,
     KIND_SCHEMA,
@@ -61,9 +68,20 @@ from floatedge.bundle import (
     write_bundle,
 )
 from floatedge.graph.film import ENC_GRID, ENC_ROWS, film_array_names
-from floatedge.graph.scalable import BN_PARAMS, BN_SETS, ETA_DTYPES, make_scalable, point_tensor_names
+from floatedge.graph.scalable import BN_PARAMS, BN_SETS, DIAL_PROP, ETA_DTYPES, make_scalable, point_tensor_names
 from floatedge.graph.static import freeze
-from floatedge.oppoint import DEFAULT_LAMBDA_TH, OperatingPoint, check_lambda_th, equivalent_lambda, parse_widths
+from floatedge.oppoint import (
+    DEFAULT_DIAL,
+    DEFAULT_LAMBDA_TH,
+    SWITCH,
+    Dial,
+    OperatingPoint,
+    OperatingPointError,
+    check_lambda_th,
+    equivalent_lambda,
+    get_dial,
+    parse_widths,
+)
 from floatedge.train.attacks import run_attack
 from floatedge.train.data import DataError, to_float
 from floatedge.train.film import BNFiLM, FiLM, LambdaEncoder
@@ -264,47 +282,70 @@ def trace_width(model: FloatModel, width: float, input_shape: Sequence[int], ops
                   f"{type(model).__name__.lower()}_w{width:g}")
 
 
-def resolve_lambda_th(oat: bool, lambda_th: float | None) -> float:
-    """The λ_th a graph bakes in: the one given (default 0.5) for FLOAT-kind models; 0 for OAT, whose BN
-    routing is the λ rule at λ_th = 0 and which has no threshold to choose (another value is an ExportError)."""
-    if not oat:
+def resolve_lambda_th(oat: bool, lambda_th: float | None, dial: Dial | str | None = None) -> float:
+    """The λ_th a graph bakes in: the one given (default 0.5) for FLOAT-kind models under the switch dial; 0 for
+    OAT, whose BN routing is the λ rule at λ_th = 0 and which has no threshold to choose, and 0 under a mixing
+    dial, which has none either (another value is an ExportError)."""
+    mixes = get_dial(dial).mixes
+    if not oat and not mixes:
         return check_lambda_th(DEFAULT_LAMBDA_TH if lambda_th is None else lambda_th)
     if lambda_th is not None and float(lambda_th) != 0.0:
-        raise ExportError(f"OAT/OATS have no λ_th (their BNs route at 0: BN_A iff λ_n > 0); "
-                          f"export without --lambda-th (got {lambda_th:g})")
+        who = f"the {get_dial(dial).name} dial has" if mixes else "OAT/OATS have"
+        raise ExportError(f"{who} no λ_th (recorded as 0); export without --lambda-th (got {lambda_th:g})")
     return 0.0
 
 
-def finish(traced: Traced, lambda_th: float | None = None, eta_dtype: str = "float32") -> onnx.ModelProto:
-    """The runtime-scalable model of a traced width, η stored as `eta_dtype`; `lambda_th` as
-    `resolve_lambda_th` (None: 0.5, or 0 for an OAT model)."""
+def resolve_dial(model: FloatModel, dial: Dial | str | None) -> Dial:
+    """The dial to export `model` with: `dial` (None: DEFAULT_DIAL). A model with nothing to blend (OAT, or no
+    dual BN: PGD-AT, standard) takes `switch` when none was asked for, and refuses a mixing dial asked for."""
+    asked = dial is not None
+    try:
+        d = get_dial(DEFAULT_DIAL if dial is None else dial)
+    except OperatingPointError as exc:
+        raise ExportError(str(exc)) from None
+    dual = any(isinstance(m, DualBatchNorm2d) and m.dual for m in model.modules())
+    if d.mixes and (model.is_oat or not dual):
+        if asked:
+            why = "an OAT model routes its BNs by λ (FiLM)" if model.is_oat else "the model has one BN set"
+            raise ExportError(f"--dial {d.name}: {why}; it takes only --dial {SWITCH}")
+        return get_dial(SWITCH)
+    return d
+
+
+def finish(traced: Traced, lambda_th: float | None = None, eta_dtype: str = "float32",
+           dial: Dial | str | None = None) -> onnx.ModelProto:
+    """The runtime-scalable model of a traced width, η stored as `eta_dtype`, computing `dial` (None: switch);
+    `lambda_th` as `resolve_lambda_th` (None: 0.5, or 0 for an OAT model or a mixing dial)."""
     if eta_dtype not in ETA_DTYPES:
         raise ExportError(f"eta dtype must be one of {', '.join(ETA_DTYPES)}, got {eta_dtype!r}")
-    lambda_th = resolve_lambda_th(traced.oat, lambda_th)
+    d = get_dial(dial)
+    lambda_th = resolve_lambda_th(traced.oat, lambda_th, d)
     w = traced.width
-    scalable = make_scalable(traced.base, traced.layers, traced.arrays, lambda_th, eta_dtype)
+    scalable = make_scalable(traced.base, traced.layers, traced.arrays, lambda_th, eta_dtype, d)
     scalable.producer_name, scalable.producer_version = "floatedge", __version__
     scalable.graph.name = traced.graph_name
     scalable.doc_string = (f"floatedge runtime-scalable model, width {w:g}: inputs images (N×C×H×W float32 in "
-                           f"[0,1]) and lambda_n (float32 scalar in [0,1]); output logits. λ_th = {lambda_th:g}.")
+                           f"[0,1]) and lambda_n (float32 scalar in [0,1]); output logits. λ_th = {lambda_th:g}; "
+                           f"dial {d.describe()}.")
     onnx.helper.set_model_props(scalable, {"floatedge.form": "scalable", "floatedge.width": f"{w:g}",
-                                           "floatedge.lambda_th": f"{lambda_th:g}"})
+                                           "floatedge.lambda_th": f"{lambda_th:g}", DIAL_PROP: json.dumps(d.to_dict())})
     onnx.checker.check_model(scalable)
     return scalable
 
 
 def export_model(model: FloatModel, width: float, input_shape: Sequence[int], lambda_th: float | None = None,
-                 opset: int = DEFAULT_OPSET, eta_dtype: str = "float32") -> tuple[onnx.ModelProto, list[dict]]:
+                 opset: int = DEFAULT_OPSET, eta_dtype: str = "float32",
+                 dial: Dial | str | None = None) -> tuple[onnx.ModelProto, list[dict]]:
     """The runtime-scalable ONNX model of one width and its layer table (for the manifest)."""
     traced = trace_width(model, width, input_shape, opset)
-    return finish(traced, lambda_th, eta_dtype), traced.layers
+    return finish(traced, lambda_th, eta_dtype, dial), traced.layers
 
 
 Reference = dict[tuple[float, float], np.ndarray]  # (width, λ_n) → logits
 
 
 def torch_reference(model: FloatModel, widths: Sequence[float], lambda_th: float, input_shape: Sequence[int],
-                    lambdas: Sequence[float] = VERIFY_LAMBDAS) -> tuple[np.ndarray, Reference]:
+                    lambdas: Sequence[float] = VERIFY_LAMBDAS, dial: Dial | str | None = None) -> tuple[np.ndarray, Reference]:
     """PyTorch logits at `lambdas` × `widths` on the images `floatedge verify` uses: (images, {(w, λ): logits})."""
     from .verify import images_for
 
@@ -313,7 +354,7 @@ def torch_reference(model: FloatModel, widths: Sequence[float], lambda_th: float
     with torch.no_grad():
         for w in widths:
             for lam in lambdas:
-                model.set_operating_point(OperatingPoint(lam, w, lambda_th))
+                model.set_operating_point(OperatingPoint(lam, w, lambda_th, dial))
                 out[(w, lam)] = model(torch.from_numpy(x)).numpy()
     return x, out
 
@@ -380,8 +421,10 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, widths: Sequence[float]) -> dict:
-    """The manifest's operating-point table from a `floatedge eval` result of this very run."""
+def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, widths: Sequence[float],
+                          dial: Dial | str | None = None) -> dict:
+    """The manifest's operating-point table from a `floatedge eval` result of this very run, measured under the
+    dial the bundle deploys (`dial`, None: switch; a result without a dial was measured under switch)."""
     path = Path(eval_file)
     try:
         result = json.loads(path.read_text())
@@ -393,7 +436,11 @@ def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, w
                       ("epochs", int(ckpt["epoch"]))):
         if key in result and result[key] != want:
             raise ExportError(f"{path}: evaluates a different run ({key} {result[key]!r}, this run has {want!r})")
-    keep = ("lambda_n", "width", "lambda_th", "noise_scale", "bn", "clean_acc",
+    measured, deployed = (result.get("dial") or {}).get("name", SWITCH), get_dial(dial).name
+    if measured != deployed:
+        raise ExportError(f"{path}: measured under the {measured} dial, the bundle deploys {deployed}; "
+                          f"evaluate with --dial {deployed} or export with --dial {measured}")
+    keep = ("lambda_n", "width", "lambda_th", "dial", "noise_scale", "bn", "clean_acc",
             *(f"{a}_acc" for a in result["attacks"]))
     rows = [{k: r[k] for k in keep if k in r} for r in result["rows"]
             if any(math.isclose(float(r["width"]), w) for w in widths)]
@@ -403,14 +450,15 @@ def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, w
             "attacks": result["attacks"], "epochs": result.get("epochs"), "rows": rows}
 
 
-def acceptance_points(table: dict | None, widths: Sequence[float], lambda_th: float, conditional: bool) -> list[OperatingPoint]:
+def acceptance_points(table: dict | None, widths: Sequence[float], lambda_th: float, conditional: bool,
+                      dial: Dial | str | None = None) -> list[OperatingPoint]:
     """The operating points an acceptance set covers: the calibrated ones (the table's rows at the bundle's λ_th,
     one per (width, λ_n)), or without a table λ_n 0 and 1 per width (0 only for a model without λ)."""
     rows = [r for r in (table or {}).get("rows", []) if math.isclose(float(r["lambda_th"]), lambda_th)]
     pairs = sorted({(float(r["width"]), float(r["lambda_n"])) for r in rows}, key=lambda p: (-p[0], p[1]))
     if not pairs:
         pairs = [(w, lam) for w in widths for lam in ((0.0, 1.0) if conditional else (0.0,))]
-    return [OperatingPoint(lam, w, lambda_th) for w, lam in pairs]
+    return [OperatingPoint(lam, w, lambda_th, dial) for w, lam in pairs]
 
 
 def _argmax(session, images: np.ndarray, lam: float, batch: int = 256) -> np.ndarray:
@@ -471,7 +519,7 @@ def make_acceptance(model: FloatModel, cfg: TrainConfig, scalable: dict[float, o
 def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] | str | None = None,
                   opset: int = DEFAULT_OPSET, eval_file: str | Path | None = None, tar: bool = False,
                   lambda_th: float | None = None, eta_dtype: str = "auto",
-                  force: bool = False, acceptance: int = 0) -> ExportResult:
+                  force: bool = False, acceptance: int = 0, dial: Dial | str | None = None) -> ExportResult:
     """Export the finished run in `run_dir` to the bundle `out` (a directory, or one tar file with `tar`).
 
     `eta_dtype` "auto" stores η as float16 when ONNX Runtime still matches PyTorch within PARITY_TOL at
@@ -484,6 +532,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
 
     `acceptance` N > 0 adds the acceptance set (`make_acceptance`: N test images, PGD-20 images per robust point)
     that `floatedge build` proves the device's engines with; 0 (the default here; the command's is 512) none.
+
+    `dial` (None: DEFAULT_DIAL; `resolve_dial`) is what λ_n does in the graphs; `eval_file` must have been
+    measured under it.
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -491,7 +542,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
     if out.exists() and not force:
         raise BundleError(f"{out} already exists; pass --force to replace it")
     model, cfg, ckpt = load_model(run_dir)
-    lambda_th = resolve_lambda_th(model.is_oat, lambda_th)
+    dial = resolve_dial(model, dial)
+    lambda_th = resolve_lambda_th(model.is_oat, lambda_th, dial)
     if not ckpt.get("finished"):
         raise ExportError(f"{run_dir}: training is not finished (epoch {ckpt.get('epoch')} of {cfg.epochs}); "
                           "export a finished run")
@@ -499,16 +551,16 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
     for w in chosen:
         if w not in model.widths:
             raise ExportError(f"width {w:g} not trained; {run_dir} has widths {_fmt(model.widths)}")
-    table = operating_point_table(eval_file, cfg, ckpt, chosen) if eval_file else None
+    table = operating_point_table(eval_file, cfg, ckpt, chosen, dial) if eval_file else None
     if acceptance < 0:
         raise ExportError(f"--acceptance must be ≥ 0 images (0: none), got {acceptance}")
     ds = ckpt["dataset"]
     traced = {w: trace_width(model, w, ds["input_shape"], opset) for w in chosen}
     noisy = any(layer.get("noisy") for t in traced.values() for layer in t.layers)
     candidates = ["float16", "float32"] if eta_dtype == "auto" else [eta_dtype]
-    images, reference = torch_reference(model, chosen, lambda_th, ds["input_shape"])
+    images, reference = torch_reference(model, chosen, lambda_th, ds["input_shape"], dial=dial)
     for dtype in candidates if noisy else ["float32"]:
-        scalable = {w: finish(t, lambda_th, dtype) for w, t in traced.items()}
+        scalable = {w: finish(t, lambda_th, dtype, dial) for w, t in traced.items()}
         parity = ort_parity(scalable, images, reference)
         if parity <= PARITY_TOL:
             break
@@ -525,13 +577,13 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
         plain_sizes[w] = len(freeze(proto, entry, OperatingPoint(0.0, w, lambda_th)).SerializeToString())
     accept = None
     if acceptance:
-        points = acceptance_points(table, chosen, lambda_th, cfg.noisy or model.is_oat)
+        points = acceptance_points(table, chosen, lambda_th, cfg.noisy or model.is_oat, dial)
         accept, accept_files = make_acceptance(model, cfg, scalable, points, lambda_th, acceptance)
         files.update(accept_files)
     kind = "oat" if model.is_oat else "float"
     manifest = {
         "format": FORMAT,
-        "schema_version": KIND_SCHEMA[kind],
+        "schema_version": max(KIND_SCHEMA[kind], DIAL_SCHEMA[dial.mixes]),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "architecture": cfg.arch,
         "method": cfg.method,
@@ -542,6 +594,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
                   "layout": "NCHW", "mean": list(ds["mean"]), "std": list(ds["std"])},
         "widths": list(chosen),
         "lambda_th": lambda_th,
+        "dial": dial.to_dict(),
         "noise": {"seed": cfg.noise_seed, "mode": cfg.noise_mode, "eta_dtype": dtype},
         "alphas": model.alphas(),
         "models": entries,

@@ -5,7 +5,8 @@ weight a layer consumes is a graph input named after the layer (`conv1.weight`, 
 `normalize.mean`, ...). From it:
 
 * `make_scalable` attaches the machinery that computes those tensors from `lambda_n` at run time:
-  the λ subgraph (built once), `W + s·α·η` per noisy layer, and a `Where` per dual-BN parameter;
+  the λ subgraph (built once), `W + s·α·η` per noisy layer, and per dual BN either a `Where` per parameter
+  (the switch dial) or the blended affine (a mixing dial, below);
 * `floatedge.graph.static` later replaces the same tensors by constants for one operating point.
 
 An OAT model (BN layers marked `"film"`) gets its FiLM MLPs the same way: `floatedge.graph.film` computes
@@ -16,21 +17,34 @@ The λ subgraph mirrors `floatedge.oppoint.noise_scale_array` op for op (Greater
 with λ_th baked in as the initializer `lambda_th` (choice: a constant, not a second input — one
 threshold per bundle, recorded in the manifest; a graph for another λ_th is one re-export away, and the
 static form takes any λ_th).
+
+Under a mixing dial (`floatedge.oppoint.Dial`, recorded in the model's metadata as `floatedge.dial`) the λ
+subgraph computes `noise_scale` and `bn_weight` (t) as piecewise-linear functions of λ_n (`dial_nodes`, op for op
+`oppoint.pwl`), and each dual BN stores its two sets folded to per-channel affines (`oppoint.fold_bn`:
+`<bn>.clean.scale` / `.shift`, `<bn>.adv.scale` / `.shift`); the BatchNormalization node gets
+`<bn>.weight = clean.scale + t·(adv.scale − clean.scale)`, `<bn>.bias` likewise, and constant statistics
+`<bn>.running_mean` = 0, `<bn>.running_var` = 1 — so its output is (1 − t)·BN_C(x) + t·BN_A(x). The
+subtractions depend on constants only (ONNX Runtime folds them when it loads the graph): per call, a Mul and
+an Add per parameter, as many nodes as the switch's four `Where`s.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from floatedge.bundle import LAMBDA, NOISE_SCALE, USE_ADV
+from floatedge.bundle import BN_WEIGHT, LAMBDA, NOISE_SCALE, USE_ADV
+from floatedge.oppoint import Dial, fold_bn, get_dial, pwl_constants
 
 from .film import ENC_GRID, ENC_ROWS, FOLDED, encoder_nodes, film_array_names, film_nodes, selected_name
 
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 BN_SETS = ("clean", "adv")  # index = floatedge.oppoint.BN_CLEAN / BN_ADV
+AFFINE = ("scale", "shift")  # a mixing graph's folded BN set: `<bn>.<set>.scale` / `.shift`
+DIAL_PROP = "floatedge.dial"  # metadata key of a scalable model's dial (JSON of `Dial.to_dict`); absent: switch
 ETA_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -77,8 +91,60 @@ def lambda_rule_nodes(lambda_th: float) -> tuple[list[onnx.NodeProto], list[onnx
     return nodes, inits
 
 
+def dial_nodes(d: Dial) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """`lambda_n` → (`noise_scale`, `bn_weight`) under a mixing dial, each as `oppoint.pwl` computes it:
+    y0 + ReduceSum(slopes · Min(Max(λ − starts, 0), spans))."""
+    nodes, inits = [], [numpy_helper.from_array(np.array(0.0, np.float32), "dial.zero")]
+    for key, out in (("s", NOISE_SCALE), ("t", BN_WEIGHT)):
+        p = f"dial.{key}"
+        for name, value in zip(("starts", "spans", "slopes", "y0"), pwl_constants(getattr(d, key)), strict=True):
+            inits.append(numpy_helper.from_array(np.asarray(value, np.float32), f"{p}.{name}"))
+        nodes += [
+            helper.make_node("Sub", [LAMBDA, f"{p}.starts"], [f"{p}.from_start"], name=f"{p}/sub"),
+            helper.make_node("Max", [f"{p}.from_start", "dial.zero"], [f"{p}.above"], name=f"{p}/max"),
+            helper.make_node("Min", [f"{p}.above", f"{p}.spans"], [f"{p}.in_segment"], name=f"{p}/min"),
+            helper.make_node("Mul", [f"{p}.in_segment", f"{p}.slopes"], [f"{p}.rise"], name=f"{p}/mul"),
+            helper.make_node("ReduceSum", [f"{p}.rise"], [f"{p}.total"], keepdims=0, name=f"{p}/sum"),
+            helper.make_node("Add", [f"{p}.y0", f"{p}.total"], [out], name=f"{p}/add"),
+        ]
+    return nodes, inits
+
+
+def bn_epsilons(model: onnx.ModelProto) -> dict[str, float]:
+    """ε of every BatchNormalization node, by the BN layer name its weight input carries (`<bn>.weight`)."""
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization" and node.input[1].endswith(".weight"):
+            eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+            out[node.input[1].removesuffix(".weight")] = float(eps)
+    return out
+
+
+def folded_sets(name: str, arrays: Mapping[str, np.ndarray], eps: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """Both BN sets of a dual BN as (scale, shift) affines, `<bn>.<set>.scale` / `.shift`: as a mixing graph
+    stores them, or folded from the raw parameters of a switch graph (`oppoint.fold_bn`)."""
+    if f"{name}.{BN_SETS[0]}.scale" in arrays:
+        return {f"{name}.{s}.{a}": np.asarray(arrays[f"{name}.{s}.{a}"], np.float32) for s in BN_SETS for a in AFFINE}
+    out = {}
+    for s in BN_SETS:
+        scale, shift = fold_bn(*(arrays[f"{name}.{s}.{p}"] for p in BN_PARAMS), eps[name])
+        out[f"{name}.{s}.scale"], out[f"{name}.{s}.shift"] = scale, shift
+    return out
+
+
+def _mix_nodes(name: str) -> list[onnx.NodeProto]:
+    """`<bn>.weight` and `<bn>.bias` = clean + t·(adv − clean) of the folded sets."""
+    nodes = []
+    for a, target in zip(AFFINE, ("weight", "bias"), strict=True):
+        c, d = f"{name}.clean.{a}", f"{name}.mix.{a}"
+        nodes += [helper.make_node("Sub", [f"{name}.adv.{a}", c], [f"{d}_delta"], name=f"{name}/mix_{a}_delta"),
+                  helper.make_node("Mul", [BN_WEIGHT, f"{d}_delta"], [f"{d}_step"], name=f"{name}/mix_{a}_step"),
+                  helper.make_node("Add", [c, f"{d}_step"], [f"{name}.{target}"], name=f"{name}/mix_{a}")]
+    return nodes
+
+
 def make_scalable(base: onnx.ModelProto, layers: Sequence[Mapping], arrays: Mapping[str, np.ndarray],
-                  lambda_th: float, eta_dtype: str = "float32") -> onnx.ModelProto:
+                  lambda_th: float, eta_dtype: str = "float32", dial: Dial | str | None = None) -> onnx.ModelProto:
     """The runtime-scalable model: `base` with its weight inputs computed from `lambda_n` and `arrays`.
 
     `arrays` holds the stored tensors under their initializer names: `<layer>.weight`, `.bias`, `.alpha`,
@@ -86,6 +152,8 @@ def make_scalable(base: onnx.ModelProto, layers: Sequence[Mapping], arrays: Mapp
     single BN); `normalize.mean` / `normalize.std`. Every other base input except `images` must be in it.
     An OAT model (BN layers with `"film": True`) adds `<bn>.film.fc{1,2}.{weight,bias}` per FiLM and, for an
     encoding of size > 1, `lambda_encoder.grid` / `lambda_encoder.rows` (see `floatedge.graph.film`).
+    `dial` (None: switch): a mixing dial blends each dual BN's sets instead of selecting one (module docstring;
+    `lambda_th` is then unused).
     """
     if eta_dtype not in ETA_DTYPES:
         raise ValueError(f"eta dtype must be one of {', '.join(ETA_DTYPES)}, got {eta_dtype!r}")
@@ -93,13 +161,17 @@ def make_scalable(base: onnx.ModelProto, layers: Sequence[Mapping], arrays: Mapp
     model.CopyFrom(base)
     g = model.graph
     point_inputs = {i.name for i in g.input} - {"images"}
-    nodes, inits = lambda_rule_nodes(lambda_th)
+    rule = get_dial(dial)
+    nodes, inits = dial_nodes(rule) if rule.mixes else lambda_rule_nodes(lambda_th)
+    eps = bn_epsilons(base) if rule.mixes else {}
     renames: dict[str, str] = {}
     stored: dict[str, np.ndarray] = {}
     handled: set[str] = set()
     films = [layer for layer in layers if layer.get("film")]
     if films and lambda_th != 0:
         raise ValueError(f"an OAT model routes its BNs at λ_th = 0 (BN_A iff λ_n > 0); got λ_th = {lambda_th:g}")
+    if films and rule.mixes:
+        raise ValueError(f"an OAT model routes its BNs by λ (FiLM); it takes no mixing dial (got {rule.name!r})")
     if films:
         interpolated = ENC_ROWS in arrays
         enc_nodes, enc_inits = encoder_nodes(interpolated, len(arrays[ENC_GRID]) if interpolated else 0)
@@ -111,6 +183,14 @@ def make_scalable(base: onnx.ModelProto, layers: Sequence[Mapping], arrays: Mapp
         name = layer["name"]
         if layer["kind"] == "bn":
             film = bool(layer.get("film"))
+            if layer["dual"] and rule.mixes:
+                handled.update(f"{name}.{p}" for p in BN_PARAMS)
+                stored.update(folded_sets(name, arrays, eps))
+                c = len(stored[f"{name}.clean.scale"])
+                stored[f"{name}.running_mean"] = np.zeros(c, np.float32)
+                stored[f"{name}.running_var"] = np.ones(c, np.float32)
+                nodes += _mix_nodes(name)
+                continue
             for p in BN_PARAMS:
                 handled.add(f"{name}.{p}")
                 # with a FiLM, the set's weight and bias are an intermediate: FiLM is folded into them below
@@ -167,7 +247,15 @@ def make_scalable(base: onnx.ModelProto, layers: Sequence[Mapping], arrays: Mapp
     del g.input[:]
     g.input.extend(keep + [helper.make_tensor_value_info(LAMBDA, TensorProto.FLOAT, [])])
     g.initializer.extend(inits + [numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in stored.items()])
+    if rule.mixes:
+        model.metadata_props.add(key=DIAL_PROP, value=json.dumps(rule.to_dict()))
     return model
+
+
+def graph_dial(model: onnx.ModelProto) -> Dial:
+    """The dial a scalable model computes (its `floatedge.dial` metadata; switch without)."""
+    raw = next((p.value for p in model.metadata_props if p.key == DIAL_PROP), None)
+    return get_dial(json.loads(raw) if raw else None)
 
 
 def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:

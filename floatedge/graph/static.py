@@ -6,7 +6,9 @@ weights are constants. This module turns the runtime-scalable model of a bundle 
 
 * `static_model(bundle, op)` → an `onnx.ModelProto` with one input, `images`, and output `logits`;
   conv/linear weights are `W + s·α·η` evaluated in float32 (the same ops, in the same order, as the
-  scalable graph), every BN holds the parameters of the set `op` selects.
+  scalable graph), every BN holds the parameters of the set `op` selects — or, at a blend (a mixing
+  dial, 0 < t < 1), the blended affine `oppoint.mix_affine` with mean 0 and variance 1, the same tensors a
+  mixing graph computes in-graph.
 * `refit_weights(bundle, op)` → `{initializer name: np.ndarray}` for `op`. The static models of all
   operating points of one width share graph and initializer names, so an engine built from
   `static_model(bundle, a)` refits to point b with `refit_weights(bundle, b)`.
@@ -19,9 +21,10 @@ Initializer names are the layer paths of the torch model plus the torch paramete
 `normalize.mean`. In the scalable model the conv/linear names are the stored W (same name), and the BN
 names are the outputs of the `Where` that selects the set — see docs/export.md.
 
-The noise scale and BN set come from `oppoint.noise_scale_array` on λ_n as float32, exactly what the
-graph computes from its float32 `lambda_n` input. `op.lambda_th` is honoured, so the static form can
-serve a threshold other than the one baked into the scalable graph.
+The noise scale and BN weight come from the point's dial on λ_n as float32 (`Dial.arrays`: the switch
+rule `oppoint.noise_scale_array`, or a mixing dial's `oppoint.pwl`), exactly what the graph computes from its
+float32 `lambda_n` input. `op.lambda_th` and `op.dial` are honoured, so the static form can serve a threshold,
+or a dial, other than the one baked into the scalable graph (a point naming no dial takes the graph's).
 """
 from __future__ import annotations
 
@@ -33,10 +36,20 @@ import onnx
 from onnx import numpy_helper
 
 from floatedge.bundle import LAMBDA, Bundle, iter_layers
-from floatedge.oppoint import OperatingPoint, OperatingPointError, noise_scale_array
+from floatedge.oppoint import OperatingPoint, OperatingPointError, mix_affine
 
 from .film import FOLDED, encode_lambda, film_coefficients, fold, selected_name
-from .scalable import BN_PARAMS, BN_SETS, initializer_arrays, noisy_weight_name, prune
+from .scalable import (
+    BN_PARAMS,
+    BN_SETS,
+    DIAL_PROP,
+    bn_epsilons,
+    folded_sets,
+    graph_dial,
+    initializer_arrays,
+    noisy_weight_name,
+    prune,
+)
 
 
 def point_arrays(model: onnx.ModelProto, entry: Mapping, op: OperatingPoint,
@@ -54,17 +67,25 @@ def point_arrays(model: onnx.ModelProto, entry: Mapping, op: OperatingPoint,
     if film and op.lambda_th != 0:
         raise OperatingPointError(f"an OAT model has no λ_th: its BNs route at λ_th = 0 (BN_A iff λ_n > 0), "
                                   f"got λ_th={op.lambda_th:g}")
-    s, use_adv = noise_scale_array(np.float32(op.lambda_n), op.lambda_th)
-    s = np.float32(s)
-    bn_set = BN_SETS[int(bool(use_adv))]
+    if film and op.dial is not None:
+        raise OperatingPointError(f"an OAT model routes its BNs by λ (FiLM) and takes no mixing dial, got {op.dial.name!r}")
+    rule = op.dial or graph_dial(model)
+    s, t = (np.float32(v) for v in rule.arrays(np.float32(op.lambda_n), op.lambda_th))
+    eps: dict[str, float] | None = None
     cond = encode_lambda(op.lambda_n, inits) if film else None
     out: dict[str, np.ndarray] = {}
     for layer in iter_layers(entry):
         name = layer["name"]
         if layer["kind"] == "bn":
-            if layer["dual"]:
+            if layer["dual"] and (t not in (0, 1) or f"{name}.clean.scale" in inits):  # a blend, or a mixing graph
+                eps = bn_epsilons(model) if eps is None else eps
+                sets = folded_sets(name, inits, eps)
+                k, b = mix_affine(*(sets[f"{name}.{st}.{a}"] for st in BN_SETS for a in ("scale", "shift")), t)
+                out[f"{name}.weight"], out[f"{name}.bias"] = k, b
+                out[f"{name}.running_mean"], out[f"{name}.running_var"] = np.zeros_like(k), np.ones_like(k)
+            elif layer["dual"]:
                 for p in BN_PARAMS:
-                    out[f"{name}.{p}"] = inits[f"{name}.{bn_set}.{p}"]
+                    out[f"{name}.{p}"] = inits[f"{name}.{BN_SETS[int(t)]}.{p}"]
             if layer.get("film"):
                 w, b = (out.get(f"{name}.{p}", inits.get(selected_name(name, p))) for p in FOLDED)
                 out[f"{name}.weight"], out[f"{name}.bias"] = fold(w, b, *film_coefficients(name, cond, inits))
@@ -96,7 +117,8 @@ def freeze(model: onnx.ModelProto, entry: Mapping, op: OperatingPoint) -> onnx.M
     del out.metadata_props[:]
     onnx.helper.set_model_props(out, {"floatedge.form": "static",
                                       "floatedge.operating_point": json.dumps(op.to_dict()),
-                                      "floatedge.width": f"{op.width:g}"})
+                                      "floatedge.width": f"{op.width:g}",
+                                      DIAL_PROP: json.dumps((op.dial or graph_dial(model)).to_dict())})
     return out
 
 

@@ -37,6 +37,7 @@ from floatedge.oppoint import OperatingPoint, OperatingPointError, check_width_i
 from .observe import Observers, RequestEvent, SwapEvent, SwitchEvent, log
 
 MODES = ("in-graph", "materialised")
+POINT_KEYS = ("lambda_n", "width", "lambda_th")  # what a request's point dict may set (and `dial`, checked)
 _new_tuple = tuple.__new__
 _FLOAT32 = np.dtype(np.float32)
 
@@ -482,11 +483,12 @@ class Backend:
         if not isinstance(point, Mapping):
             raise OperatingPointError(f"point must be an OperatingPoint or a dict of lambda_n, width, lambda_th; "
                                       f"got {type(point).__name__}")
-        unknown = sorted(set(point) - {"lambda_n", "width", "lambda_th"})
+        unknown = sorted(set(point) - {*POINT_KEYS, "dial"})
         if unknown:
             raise OperatingPointError(f"unknown operating point key(s) {', '.join(map(str, unknown))}; "
                                       "use lambda_n, width, lambda_th")
-        return self._resolve(self.operating_point, {k: point.get(k) for k in ("lambda_n", "width", "lambda_th")})
+        # `dial` (what OperatingPoint.to_dict writes under a mixing dial) is checked against the model's own
+        return self._resolve(self.operating_point, {k: point.get(k) for k in (*POINT_KEYS, "dial")})
 
     def _executable_for(self, point: OperatingPoint) -> tuple[Executable, str]:
         """What serves one request at `point`: the current executable if it computes the same function, a
@@ -582,7 +584,7 @@ class Backend:
         done.set_result(event.to_point)
         return done
 
-    def _resolve(self, cur: OperatingPoint, over: dict[str, float | None]) -> OperatingPoint:
+    def _resolve(self, cur: OperatingPoint, over: dict[str, Any]) -> OperatingPoint:
         merged = {k: getattr(cur, k) if v is None else v for k, v in over.items()}
         return self.check_point(OperatingPoint(**merged))
 

@@ -208,7 +208,7 @@ class OnnxRuntimeBackend(Backend):
         self.bridge = bridge
         self._widths: dict[float, _Width] = {}
         self._widths_lock = threading.Lock()
-        self._start(point or OperatingPoint(0.0, self.widths[0], self.bundle.lambda_th), mode)
+        self._start(point or self.bundle.operating_point(0.0, self.widths[0]), mode)
         if self.bridge and self.mode == "materialised":
             widths = sorted(self.widths, key=lambda w: w != self.operating_point.width)  # the current one first
             self._background.submit(self._warm_bridges, widths)
@@ -265,7 +265,7 @@ class OnnxRuntimeBackend(Backend):
             session = self._ingraph(w)
         spec = self.input_spec
         x = np.zeros((spec.min_batch, spec.channels, spec.height, spec.width), np.float32)
-        _Session(session, equivalent_lambda(self.operating_point, self.bundle.lambda_th)
+        _Session(session, equivalent_lambda(self.operating_point, self.bundle.lambda_th, self.bundle.dial)
                  if self.operating_point.width == width else 0.0, w.checks).run(x)
         w.bridge_warm = True
 
@@ -273,7 +273,7 @@ class OnnxRuntimeBackend(Backend):
     def _prepare(self, point: OperatingPoint, mode: str) -> Any:
         w = self._width(point.width)
         if mode == "in-graph":
-            return _Session(self._ingraph(w), equivalent_lambda(point, self.bundle.lambda_th), w.checks)
+            return _Session(self._ingraph(w), equivalent_lambda(point, self.bundle.lambda_th, self.bundle.dial), w.checks)
         values = {k: np.ascontiguousarray(v, dtype=np.float32)
                   for k, v in point_arrays(w.model, w.entry, point, w.inits).items()}
         return _Session(self._session(self._template(w, point, values), values), None, w.checks)
@@ -286,7 +286,7 @@ class OnnxRuntimeBackend(Backend):
         if w is None or not w.bridge_warm:
             return None
         try:
-            lam = equivalent_lambda(point, self.bundle.lambda_th)
+            lam = equivalent_lambda(point, self.bundle.lambda_th, self.bundle.dial)
         except OperatingPointError:  # a λ_th the graph cannot compute: materialise it the slow way
             return None
         return _Session(w.ingraph, lam, w.checks)
@@ -309,7 +309,7 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"bundle": str(self.bundle.path), "architecture": self.bundle.architecture,
+        d.update({"bundle": str(self.bundle.path), "architecture": self.bundle.architecture, "dial": self.bundle.dial.name,
                   "providers": self.providers, "intra_op_threads": self.threads, "onnxruntime": ort.__version__,
                   "bridge": {"enabled": self.bridge and self.mode == "materialised",
                              "warm_widths": [w for w, x in sorted(self._widths.items(), reverse=True) if x.bridge_warm]}})

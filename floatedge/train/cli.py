@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from floatedge.errors import user_errors
+from floatedge.oppoint import DIALS
 from floatedge.train import config
 
 COMMANDS: list[click.Command] = []
@@ -168,6 +169,9 @@ def report_interrupt(out: str | Path, total: int, resume_command: str) -> None:
 @click.argument("run_dir", type=click.Path())
 @click.option("--lambdas", default="0,0.2,0.7,1", show_default=True, help="Comma-separated λ_n to evaluate, in [0, 1].")
 @click.option("--lambda-ths", default="0,0.5", show_default=True, help="Comma-separated thresholds λ_th (FLOAT runs).")
+@click.option("--dial", type=click.Choice(list(DIALS)), default=None,
+              help="What λ_n does (FLOAT runs): switch = Eq. 5 by λ_th; mix... = BN sets blended (no λ_th). The one "
+                   "`floatedge export --dial` deploys. [default: oppoint.DEFAULT_DIAL]")
 @click.option("--widths", default=None, help="Widths to evaluate [default: all trained].")
 @click.option("--attacks", default="pgd20", show_default=True,
               help="Any of pgd7, pgd20, fgsm, autoattack (AutoAttack: 25–45 min per point on 500 CIFAR images, CPU).")
@@ -183,7 +187,7 @@ def report_interrupt(out: str | Path, total: int, resume_command: str) -> None:
 @click.option("--force", is_flag=True, help="Replace RUN_DIR/eval.json when --out is not given.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def eval_cmd(run_dir, lambdas, lambda_ths, widths, attacks, eps, limit, data_path, batch_size, seed, device, out,
+def eval_cmd(run_dir, lambdas, lambda_ths, dial, widths, attacks, eps, limit, data_path, batch_size, seed, device, out,
              force, quiet):
     """Clean and robust accuracy at every operating point.
 
@@ -213,7 +217,7 @@ def eval_cmd(run_dir, lambdas, lambda_ths, widths, attacks, eps, limit, data_pat
         check_out_file(out)
     result = evaluate(run_dir, parse_lambdas(lambdas), ths, parse_widths(widths) if widths else None,
                       [a.strip() for a in attacks.split(",") if a.strip()], limit, data_path, batch_size, seed,
-                      device, progress=not quiet, eps=eps)
+                      device, progress=not quiet, eps=eps, dial=dial)
     if data_path and result["data_recorded"] and result["data"] != result["data_recorded"]:
         click.echo(f"read the data from {result['data']} (--data), not from {result['data_recorded']} recorded by the run")
     click.echo(format_table(result))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from floatedge.fsutil import atomic_write, atomic_write_json, atomic_write_text
-from floatedge.oppoint import PAPER_LAMBDA_THS, PAPER_LAMBDAS, OperatingPoint
+from floatedge.oppoint import DEFAULT_DIAL, PAPER_LAMBDA_THS, PAPER_LAMBDAS, OperatingPoint, get_dial
 
 from .attacks import ATTACKS, check_attacks, run_attack
 from .data import to_float
@@ -55,6 +55,7 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
     eps: float | None = None,
+    dial: str | None = None,
 ) -> dict:
     """Evaluate a run at every operating point. ε defaults to the run's training ε (8/255 unless changed)."""
     try:
@@ -80,10 +81,13 @@ def evaluate(
     x, y = to_float(ds.x_test).to(dev), ds.y_test.to(dev)
 
     conditional = cfg.noisy
+    # the dial λ_n is measured under (oppoint.Dial; None: DEFAULT_DIAL), the one `export --dial` must deploy;
+    # a mixing dial has no λ_th, so its points repeat across lambda_ths and are kept once
+    rule = get_dial(DEFAULT_DIAL if dial is None else dial) if conditional else get_dial(None)
     if cfg.oat:
         points = [OperatingPoint(lam, w, 0.0) for w in widths for lam in lambdas]
     elif conditional:
-        points = [OperatingPoint(lam, w, th) for w in widths for th in lambda_ths for lam in lambdas]
+        points = list(dict.fromkeys(OperatingPoint(lam, w, th, rule) for w in widths for th in lambda_ths for lam in lambdas))
     else:
         points = [OperatingPoint(0.0, w, 0.0) for w in widths]
     cache: dict[tuple, dict] = {}
@@ -121,6 +125,7 @@ def evaluate(
         "noise_mode": cfg.noise_mode,
         "noise_seed": cfg.noise_seed,
         "epochs": int(ckpt["epoch"]),
+        "dial": rule.to_dict(),
         "n_images": int(len(x)),
         "subset_seed": seed if limit else None,
         "eps": eps,

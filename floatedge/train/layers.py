@@ -2,7 +2,8 @@
 
 A layer never reads global state. The model sets its operating point through one method,
 `FloatModel.set_state`, which writes three plain attributes on every conditional layer:
-`noise_scale` (s), `bn` (0 = BN_C, 1 = BN_A) and `width_idx` (index into the layer's width list).
+`noise_scale` (s), `bn` (the weight t of BN_A: 0 = BN_C, 1 = BN_A, in between a blend — see below) and
+`width_idx` (index into the layer's width list).
 
 Noise (FLOAT Eq. 4, after Parametric Noise Injection):
     W_eff = W + s · α · η,   η = σ(W) · z,   z ~ N(0, 1)
@@ -18,6 +19,11 @@ Slimming: at width index k a layer uses the first `out_list[k]` output channels 
 noise tensor along with the weight tensors"). σ is taken from the full weight — choice: one η per
 layer, sliced, rather than a σ recomputed per width; then the exported η of every width is a slice of
 the same tensor.
+
+Dual BN under a mixing dial (`floatedge.oppoint`, issue 15): with 0 < t < 1 a `DualBatchNorm2d` returns
+(1 − t)·BN_C(x) + t·BN_A(x), the blend of its two sets' outputs — literally, so this is the definition the
+exported graph's folded affine (k_C + t·(k_A − k_C), b likewise) is tested against. In training mode both sets
+then see the batch and update their running statistics (FLOAT itself trains only at t ∈ {0, 1}).
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ class _Conditional:
     """Mixin holding the operating-point attributes shared by every conditional layer."""
 
     noise_scale: float = 0.0
-    bn: int = 0
+    bn: float = 0  # t, the weight of BN_A: 0 or 1 selects a set, in between blends the two (DualBatchNorm2d)
     width_idx: int = 0
 
 
@@ -123,7 +129,8 @@ class NoisyLinear(nn.Linear, _NoisyMixin):
 
 
 class DualBatchNorm2d(nn.Module, _Conditional):
-    """One BatchNorm2d per (width, BN set): `bns[width_idx][bn]`, BN_C = 0 and BN_A = 1.
+    """One BatchNorm2d per (width, BN set): `bns[width_idx][bn]`, BN_C = 0 and BN_A = 1; a `bn` strictly
+    between 0 and 1 blends the two sets' outputs, (1 − bn)·BN_C(x) + bn·BN_A(x) (see the module docstring).
 
     With `dual=False` there is a single set (PGD-AT and standard training use one BN).
     """
@@ -137,11 +144,16 @@ class DualBatchNorm2d(nn.Module, _Conditional):
         )
 
     def select(self) -> nn.BatchNorm2d:
+        """The set in use; in a blend, the one weighing more."""
         sets = self.bns[self.width_idx]
-        return sets[self.bn if self.dual else 0]
+        return sets[int(self.bn > 0.5) if self.dual else 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.select()(x)
+        t = float(self.bn)
+        if not self.dual or t in (0.0, 1.0):
+            return self.select()(x)
+        clean, adv = self.bns[self.width_idx]
+        return (1.0 - t) * clean(x) + t * adv(x)
 
 
 class Normalize(nn.Module):

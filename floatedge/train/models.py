@@ -72,14 +72,16 @@ class FloatModel(nn.Module):
     def conditional_layers(self):
         return (m for m in self.modules() if isinstance(m, _Conditional))
 
-    def set_state(self, noise_scale: float, bn: int, width: float) -> None:
+    def set_state(self, noise_scale: float, bn: float, width: float) -> None:
+        """`bn`: the weight t of BN_A — BN_CLEAN (0), BN_ADV (1), or a blend in between (a mixing dial)."""
         if width not in self.widths:
             raise ValueError(f"width {width:g} not trained; this model has widths {list(self.widths)}")
-        if bn not in (BN_CLEAN, BN_ADV):
-            raise ValueError(f"bn must be 0 or 1, got {bn}")
+        if not BN_CLEAN <= bn <= BN_ADV:
+            raise ValueError(f"bn must be 0 or 1 (BN_C, BN_A) or a blend weight between them, got {bn}")
+        bn = int(bn) if bn in (BN_CLEAN, BN_ADV) else float(bn)
         idx = self.widths.index(width)
         for m in self.conditional_layers():
-            m.noise_scale, m.bn, m.width_idx = float(noise_scale), int(bn), idx
+            m.noise_scale, m.bn, m.width_idx = float(noise_scale), bn, idx
             if isinstance(m, SplitDualBatchNorm2d):
                 m.n_clean = None
 
@@ -108,7 +110,7 @@ class FloatModel(nn.Module):
         if self.is_oat:  # λ_th does not exist for OAT: λ reaches the FiLM and the BN routing
             self.set_lambda(op.lambda_n, op.width)
         else:
-            self.set_state(op.noise_scale, op.bn, op.width)
+            self.set_state(op.noise_scale, op.bn_weight, op.width)
 
     def draw_noise(self, seed: int) -> None:
         """Draw every layer's z from one seed, in module order: the recorded, deployed draw."""
