@@ -176,6 +176,53 @@ def test_throttling_read_from_telemetry_moves_before_the_latencies_do():
     assert without.choices[-1].detail["telemetry"].startswith("latency only")
 
 
+def mode_change(at: float, clocks: tuple[float, float] = (918.0, 612.0)):
+    """The snapshot of a device that drops from power mode 3 to mode 1 at `at` (GPU cap `clocks[0]` → `clocks[1]`)."""
+    def tele(t):
+        low = t >= at
+        return {"mode_id": 1 if low else 3, "gpu_mhz": clocks[low], "gpu_max_mhz": clocks[low], "throttled": False}
+    return tele
+
+
+def test_a_worse_device_announced_by_telemetry_steps_straight_down_and_climbs_back_after_the_dwell():
+    """Power mode 25W → 10W at 20 s, and the requests slow down 3× from then on: at the snapshot's tick the
+    governor goes in one step to the point that fits at the slowdown's upper bound (the fastest here), never via
+    the width in between; and where the lower mode turns out harmless it climbs back once measured, after the dwell."""
+    run = simulate(gov(), step(0, 20.0, 1.0, 3.0), 30, telemetry=mode_change(20.0), period=0.1)
+    moves = [(t, p) for t, p, c in zip(run.times, run.points, run.choices, strict=True) if c.switch and t > 1]
+    assert moves and moves[0][0] == pytest.approx(20.0) and moves[0][1][1] == 0.5, moves
+    assert len(moves) == 1, moves  # straight down, and it stays
+    c = run.choices[next(i for i, t in enumerate(run.times) if t == pytest.approx(20.0))]
+    assert c.limit == "latency" and "power mode 3 → 1" in c.reason and "upper bound" in c.reason
+    assert c.detail["unmeasured"] is True and c.detail["slowdown_upper"] > 2 * c.detail["slowdown"]
+    # the lower mode that does not slow anything: down on the snapshot, back up once measured and after the dwell
+    harmless = simulate(gov(dwell_s=3.0), lambda t: 1.0, 40, telemetry=mode_change(20.0))
+    downs = [t for t, c in zip(harmless.times, harmless.choices, strict=True) if c.switch and t >= 20]
+    assert downs[0] == 20.0 and harmless.points[-1] == (1.0, 1.0)
+    back = next(t for t, p in zip(harmless.times, harmless.points, strict=True) if t > 20 and p == (1.0, 1.0))
+    assert 23.0 <= back <= 27.0, back
+    # with a bound far above every point the same snapshot moves nothing: even the upper bound fits
+    roomy = simulate(gov(latency_ms=200.0), lambda t: 1.0, 30, telemetry=mode_change(20.0))
+    assert not [t for t, c in zip(roomy.times, roomy.choices, strict=True) if c.switch and t >= 1]
+
+
+def test_a_better_mode_is_not_a_reason_to_step_down():
+    run = simulate(gov(latency_ms=40.0), lambda t: 1.0, 30, telemetry=mode_change(20.0, (612.0, 918.0)))
+    assert not [t for t, c in zip(run.times, run.choices, strict=True) if c.switch and t >= 1]
+    assert any(c.detail.get("events") for c in run.choices) and not any(c.detail["unmeasured"] for c in run.choices)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_flapping_at_a_short_control_period(seed):
+    """The same noisy border at a 0.1 s control period: five times the decisions, still at most one switch per
+    dwell period."""
+    run = simulate(gov(latency_ms=20, dwell_s=5.0), lambda t: 1.0, 120, seed=seed, noise=0.3, period=0.1)
+    switches = run.switches()
+    assert len(switches) <= 120 / 5.0 and len(switches) <= 6, switches
+    assert all(b - a >= 0.1 for a, b in zip(switches, switches[1:], strict=False))
+    assert violation_share(run, 20) < 0.01
+
+
 def test_power_cap_with_profiled_and_measured_power():
     g = gov(with_power=True, power_w=8.0, latency_ms=100)  # 2 + 6w W: w1 8 W, w0.75 6.5 W, w0.5 5 W
     c = g.decide(Observation(1.0, 1.0, 1.0, telemetry={"power_total_mw": 8000.0}))

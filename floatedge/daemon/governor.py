@@ -190,12 +190,15 @@ class Budget:
 
 @dataclass(frozen=True)
 class Tuning:
-    """How the governor reacts. margin: a point fits when predicted ≤ bound × (1 − margin); dwell_s: headroom must
-    last this long before a step up; window_s: the observed percentile is taken over this many seconds at the
-    current point, from at least `min_samples` requests; noise: the slowdown's random-walk drift per √s
-    (relative); temp_hysteresis_c: no step up until this far under the ceiling."""
+    """How the governor reacts. margin: a point fits when predicted ≤ bound × (1 − margin); confidence: … predicted
+    with the slowdown at its upper bound, the filter's estimate + `confidence` × its σ; dwell_s: headroom must last
+    this long before a step up; window_s: the observed percentile is taken over this many seconds at the current
+    point, from at least `min_samples` requests (and a device the telemetry announced worse counts as unmeasured
+    until that many requests finished on it); noise: the slowdown's random-walk drift per √s (relative);
+    temp_hysteresis_c: no step up until this far under the ceiling."""
 
     margin: float = 0.15
+    confidence: float = 2.0
     dwell_s: float = 5.0
     window_s: float = 3.0
     min_samples: int = 20
@@ -203,8 +206,8 @@ class Tuning:
     temp_hysteresis_c: float = 3.0
 
     def check(self) -> Tuning:
-        for name, lo, hi in (("margin", 0, 0.9), ("dwell_s", 0, 3600), ("window_s", 0.1, 600), ("noise", 0, 10),
-                             ("temp_hysteresis_c", 0, 50)):
+        for name, lo, hi in (("margin", 0, 0.9), ("confidence", 0, 10), ("dwell_s", 0, 3600), ("window_s", 0.1, 600),
+                             ("noise", 0, 10), ("temp_hysteresis_c", 0, 50)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
                 raise GovernorInputError(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
@@ -325,6 +328,7 @@ class Governor:
         self._headroom: tuple[tuple[float, float], float] | None = None  # (target key, since)
         self._dirty = True  # the budget changed: answer it at the next decision
         self.events: list[str] = []  # telemetry events seen in the last decision
+        self._unmeasured: str | None = None  # the worse device the telemetry announced, until requests measure it
         self.status: dict[str, Any] = {}
 
     # -------------------------------------------------------------------- settings
@@ -344,22 +348,27 @@ class Governor:
             f.noise = tuning.noise
 
     # -------------------------------------------------------------------- observing
-    def _telemetry(self, snap: Mapping[str, Any] | None) -> list[str]:
-        """Events the snapshot announces since the last one; each re-opens the slowdown filters."""
+    def _telemetry(self, snap: Mapping[str, Any] | None) -> tuple[list[str], bool]:
+        """Events the snapshot announces since the last one, each re-opening the slowdown filters, and whether one
+        of them makes the device worse: throttling started, a power mode with a lower GPU cap (or an unknown one),
+        fewer CPU cores online."""
         if not snap:
-            return []
+            return [], False
         cpus = snap.get("cpu") or ()
         now = {"mode": snap.get("mode_id", snap.get("mode")), "throttled": bool(snap.get("throttled")),
                "cores": sum(1 for c in cpus if c and c.get("online", True)) if cpus else None,
                "gpu_mhz": snap.get("gpu_mhz"), "gpu_max_mhz": snap.get("gpu_max_mhz")}
         before, self._tele = self._tele, now
         if not before:
-            return []
-        events, scale = [], 1.0
+            return [], False
+        events, scale, worse = [], 1.0, False
         if now["mode"] != before["mode"]:
             events.append(f"power mode {before['mode']} → {now['mode']}")
             if now["gpu_max_mhz"] and before["gpu_max_mhz"]:
                 scale *= before["gpu_max_mhz"] / now["gpu_max_mhz"]
+                worse = now["gpu_max_mhz"] < before["gpu_max_mhz"]
+            else:
+                worse = True  # a mode whose clocks the snapshot does not say: assume the worst until measured
         if now["throttled"] != before["throttled"]:
             reasons = ", ".join(snap.get("throttle_reasons") or ()) or "no reason given"
             events.append(f"throttling {'started' if now['throttled'] else 'ended'} ({reasons})")
@@ -367,16 +376,18 @@ class Governor:
                 self._throttle_scale = min(4.0, max(1.0, before["gpu_mhz"] / now["gpu_mhz"])) \
                     if now["gpu_mhz"] and before["gpu_mhz"] else 1.0
                 scale *= self._throttle_scale
+                worse = True
             else:  # undo what the start assumed (the clock now also follows a load that may have stopped)
                 scale /= self._throttle_scale
                 self._throttle_scale = 1.0
         if now["cores"] is not None and before["cores"] is not None and now["cores"] != before["cores"]:
             events.append(f"online CPU cores {before['cores']} → {now['cores']}")
+            worse = worse or now["cores"] < before["cores"]
         if events:
             scale = min(4.0, max(0.25, scale))
             for f in (self.xi_q, self.xi_50):
                 f.reopen(scale)
-        return events
+        return events, worse
 
     def _fold(self, obs: Observation) -> int:
         """Fold the requests not seen yet into the slowdown filters; returns how many were new."""
@@ -436,14 +447,16 @@ class Governor:
             out["observed_ms"] = quantile([r.e2e_s * 1e3 for r in here], q)
         return out
 
-    def predict(self, p: PointCost, win: Mapping[str, Any], cur: PointCost | None = None, now: float = 0.0) -> float:
+    def predict(self, p: PointCost, win: Mapping[str, Any], cur: PointCost | None = None, now: float = 0.0,
+                xi: float | None = None) -> float:
         """Predicted end-to-end latency (ms) of `p` at the budget's percentile: the fixed overhead plus the slowdown
-        times the profiled latency at the recent batch, times what a failed step up to `p` taught (`_bias`). For a
+        (the filter's estimate, or `xi`) times the profiled latency at the recent batch, times what a failed step up
+        to `p` taught (`_bias`). For a
         point dearer than the current one the queueing grows as in an M/M/1 queue, 1/(1 − u), u the utilisation
         from the arrival rate and the median model-call time (a median, so a backlog's waits barely move it);
         saturated (inf) from u = 0.95."""
         b = win["batch"]
-        model = self.xi_q.x * p.compute_ms(b) * self._bias_at(p.key, now)
+        model = (self.xi_q.x if xi is None else xi) * p.compute_ms(b) * self._bias_at(p.key, now)
         if cur is not None and p.compute_ms(b) > cur.compute_ms(b):
             u_now = min(win["utilisation"], 0.9)
             u_p = u_now * p.compute_ms(b) / cur.compute_ms(b)
@@ -466,14 +479,17 @@ class Governor:
     def decide(self, obs: Observation) -> Choice:
         bud, tun = self.budget, self.tuning
         cur = self.by_key.get((round(obs.width, 6), round(obs.lambda_n, 6)))
-        self.events = self._telemetry(obs.telemetry)
+        self.events, worse = self._telemetry(obs.telemetry)
         if self.events:  # what finished before the change shows the old device: the filters start from the prior
             self._seen = max([self._seen, *(r.done for r in obs.requests)])
             self._since = self._switched_at = obs.now  # and the observed percentile restarts
             self._headroom = None  # headroom seen on the old device does not count
             self._backoff, self._bias = 1, {}  # nor do failed probes
+            self._unmeasured = "; ".join(self.events) if worse else None
         self._fold(obs)
         win = self._window(obs)
+        if self._unmeasured and sum(1 for r in self._recent if r.done > self._since) >= tun.min_samples:
+            self._unmeasured = None  # the changed device has been measured
         snap = obs.telemetry or {}
         # power: measured over predicted at the current point
         watts = snap.get("power_total_mw")
@@ -486,7 +502,13 @@ class Governor:
         if snap.get("ram_total_mb") is not None and snap.get("ram_used_mb") is not None:
             free = float(snap["ram_total_mb"]) - float(snap["ram_used_mb"])
 
+        # the latency at the slowdown's estimate (`pred`) and at its upper bound (`upper`, the estimate + confidence
+        # × σ, the way ALERT uses its filter's variance): a step up is judged at the estimate (the dwell guards it), a
+        # step down — and anything on a device the telemetry announced worse and no request has measured yet — at the
+        # upper bound, so that one step is enough
+        xi_hi = self.xi_q.x + tun.confidence * self.xi_q.sigma
         pred = {p.key: self.predict(p, win, cur, obs.now) for p in self.points}
+        upper = {p.key: self.predict(p, win, cur, obs.now, xi_hi) for p in self.points}
         bound = bud.latency_ms
         observed = win.get("observed_ms")
         over = bool(bound) and cur is not None and observed is not None and observed > bound
@@ -494,7 +516,8 @@ class Governor:
             # observed worse than the model says here: scale every point's model part by the miss before choosing
             miss = (observed - win["overhead_ms"]) / (pred[cur.key] - win["overhead_ms"])
             if miss > 1:
-                pred = {k: win["overhead_ms"] + (v - win["overhead_ms"]) * miss for k, v in pred.items()}
+                pred, upper = ({k: win["overhead_ms"] + (v - win["overhead_ms"]) * miss for k, v in d.items()}
+                               for d in (pred, upper))
         fit_ms = bound * (1 - tun.margin) if bound else math.inf
         with_power = all(p.power_w is not None for p in self.points)
         cost = {p.key: (self.predict_power(p) if with_power else p.compute_ms(1.0)) for p in self.points}
@@ -512,7 +535,7 @@ class Governor:
 
         def misses(p: PointCost) -> str | None:
             """The first limit `p` does not meet with the margin, or None."""
-            if pred[p.key] > fit_ms:
+            if judge[p.key] > fit_ms:
                 return "latency"
             if over and p.compute_ms(win["batch"]) >= cur.compute_ms(win["batch"]):
                 return "latency"  # observed over the bound here: whatever the model says, nothing as slow fits
@@ -532,6 +555,8 @@ class Governor:
         def fits(p: PointCost) -> bool:
             return misses(p) is None
 
+        judge = pred
+
         # -- is the budget broken at the current point?
         broken: list[tuple[str, str]] = []
         if cur is None:
@@ -541,6 +566,11 @@ class Governor:
                 broken.append(("latency", f"observed p{bud.percentile:g} {observed:.1f} ms > bound {bound:g} ms"))
             elif bound and pred[cur.key] > bound:
                 broken.append(("latency", f"predicted p{bud.percentile:g} {pred[cur.key]:.1f} ms > bound {bound:g} ms"))
+            elif bound and self._unmeasured and upper[cur.key] > bound:
+                broken.append(("latency", f"{self._unmeasured}: until {tun.min_samples} requests measure the device, "
+                                          f"the slowdown is taken at its upper bound {xi_hi:.2f}, and there p"
+                                          f"{bud.percentile:g} is predicted {self._fmt(upper[cur.key])} > bound "
+                                          f"{bound:g} ms"))
             if bud.power_w and watts is not None and watts > bud.power_w:
                 broken.append(("power", f"power {watts:.2f} W > cap {bud.power_w:g} W"))
             if bud.temp_c is not None and temp is not None and temp >= bud.temp_c:
@@ -549,6 +579,7 @@ class Governor:
                 broken.append(("memory", f"free memory {free:.0f} MB < floor {bud.mem_free_mb:g} MB"))
 
         # -- the target: the best feasible point, honouring the floor while the budget allows
+        judge = upper if broken or self._unmeasured else pred  # and no step up onto a device not yet measured
         floor_pts = [p for p in self.points if p.lambda_n >= bud.floor - 1e-9]
         notes: list[str] = []
         feasible_floor = [p for p in floor_pts if fits(p)]
@@ -579,7 +610,9 @@ class Governor:
                   "observed_ms": None if observed is None else round(observed, 3),
                   "predicted_ms": None if cur is None else self._round(pred[cur.key]),
                   "target_predicted_ms": self._round(pred[target.key]),
+                  "target_upper_ms": self._round(upper[target.key]),
                   "slowdown": round(self.xi_q.x, 4), "slowdown_sigma": round(self.xi_q.sigma, 4),
+                  "slowdown_upper": round(xi_hi, 4), "unmeasured": bool(self._unmeasured),
                   "slowdown_p50": round(self.xi_50.x, 4), "overhead_ms": round(win["overhead_ms"], 3),
                   "rate_per_s": round(win["rate"], 2), "utilisation": round(win["utilisation"], 3),
                   "samples": win["n_here"], "violation": violation,
@@ -594,7 +627,8 @@ class Governor:
             detail["events"] = list(self.events)
         self.status = {"point": None if cur is None else cur.label(), "target": target.label(), **detail,
                        "predicted": [{"lambda_n": p.lambda_n, "width": p.width, "ms": self._round(pred[p.key]),
-                                      "fits": fits(p)} for p in self.points], "notes": notes,
+                                      "upper_ms": self._round(upper[p.key]), "fits": fits(p)} for p in self.points],
+                       "notes": notes,
                        "budget": self.budget_dict(), "dwell_s": tun.dwell_s * self._backoff}
         here = cur is not None and target.key == cur.key
         tail = ("; " + "; ".join(notes)) if notes else ""
@@ -610,7 +644,8 @@ class Governor:
                         miss = max(1.0, (observed - win["overhead_ms"]) / plain)
                         self._bias[cur.key] = (max(miss, self._bias_at(cur.key, obs.now)), obs.now)
             return self._switch(obs, target, limit, f"{why}: → {target.label()} (predicted "
-                                                    f"{self._fmt(pred[target.key])}){tail}", detail)
+                                                    f"{self._fmt(pred[target.key])}, {self._fmt(upper[target.key])} "
+                                                    f"at the slowdown's upper bound){tail}", detail)
         if here:
             self._headroom = None
             if self._dirty:
@@ -643,8 +678,9 @@ class Governor:
         if since + 1e-9 >= dwell:
             self._up_at = obs.now
             return self._switch(obs, target, "headroom", f"headroom for {since:.1f} s ≥ dwell {dwell:g} s: → "
-                                                         f"{target.label()} (predicted {self._fmt(pred[target.key])} "
-                                                         f"against {self._bound_text()}){tail}", detail)
+                                                         f"{target.label()} (predicted {self._fmt(pred[target.key])}, "
+                                                         f"{self._fmt(upper[target.key])} at the slowdown's upper "
+                                                         f"bound, against {self._bound_text()}){tail}", detail)
         return Choice(cur.lambda_n, cur.width, False, "headroom", f"{target.label()} fits (predicted "
                       f"{self._fmt(pred[target.key])}) for {since:.1f} s of the {dwell:g} s dwell{tail}", detail)
 

@@ -17,6 +17,7 @@ All of them decide from what the server passes in the context and hold no clock 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -182,6 +183,7 @@ class GovernorPolicy(_WithPoints):
         self.budget, self.tuning, self.profile = Budget(), Tuning(), ""
         self.gov: Governor | None = None
         self._said: tuple | None = None
+        self._last = -math.inf  # the newest request already handed to the governor (it keeps its own window)
         self.status: dict[str, Any] = {}
 
     def params(self) -> dict[str, Any]:
@@ -209,7 +211,7 @@ class GovernorPolicy(_WithPoints):
 
     def attach(self, points: list[PointCost] | None, problem: str | None = None) -> None:
         super().attach(points, problem)
-        self.gov = None
+        self.gov, self._last = None, -math.inf
         if points:
             try:
                 self.gov = Governor(points, self.budget, self.tuning)
@@ -227,17 +229,21 @@ class GovernorPolicy(_WithPoints):
             self.status = {"problem": self.problem or "no device profile attached", "holding": True}
             return self._say(("problem", self.problem), f"governor holds the point: {self.status['problem']}", {})
         self._effective(ctx)
-        obs = Observation(ctx.now, ctx.point.lambda_n, ctx.point.width, _requests(ctx), ctx.telemetry,
-                          max(1, int(ctx.servers)))
+        # only the requests it has not seen: the server passes a minute of them at every (short) control period
+        fresh = tuple(r if isinstance(r, Request) else Request(*r) for r in ctx.requests if r[0] > self._last)
+        self._last = max([self._last, *(r.done for r in fresh)])
+        obs = Observation(ctx.now, ctx.point.lambda_n, ctx.point.width, fresh, ctx.telemetry, max(1, int(ctx.servers)))
         c = self.gov.decide(obs)
         self.status = {**self.gov.status, "limit": c.limit, "reason": c.reason,
                        "control": "latency only (no telemetry)" if not ctx.telemetry else "latency and telemetry"}
         detail = {"limit": c.limit, **c.detail}
+        # what a decision to stay says, without its figures (they change at every period)
+        notes = tuple(re.sub(r"[-\d.]+", "#", n) for n in self.gov.status.get("notes") or ())
         if c.switch:
-            self._said = (c.limit, c.detail.get("violation"), tuple(self.gov.status.get("notes") or ()))
+            self._said = (c.limit, c.detail.get("violation"), notes)
             return Decision(c.lambda_n, c.width, c.reason, detail)
-        return self._say((c.limit if c.limit != "headroom" else "hold", c.detail.get("violation"),
-                          tuple(self.gov.status.get("notes") or ())), c.reason, detail)
+        return self._say((c.limit if c.limit != "headroom" else "hold", c.detail.get("violation"), notes), c.reason,
+                         detail)
 
     def _say(self, key: tuple, reason: str, detail: dict[str, Any]) -> Decision | None:
         """A decision to stay is logged once when what it says changes (a violation starts or ends, a limit)."""
