@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from floatedge.oppoint import check_lambda, parse_widths
+from floatedge.oppoint import DIALS, SWITCH, check_lambda, parse_widths
 
 METHODS = ("float", "floats", "pgdat", "standard", "oat", "oats")
 SLIM_METHODS = ("floats", "oats")
@@ -43,6 +43,9 @@ class TrainConfig:
     widths: tuple[float, ...] = (1.0,)
     lam: float = 1.0  # PGD-AT's fixed λ
     noise_mode: str = "fixed"
+    # FLOAT/FLOATS: the dial the second half of each batch trains under. "switch": FLOAT as specified (λ = 1 only);
+    # a mixing dial ("mix": t = s = λ): λ drawn per batch over the dial (docs/lambda-dial.md, issue 15)
+    train_dial: str = SWITCH
     seed: int = 0
     noise_seed: int | None = None  # None: seed + 1
     limit_train: int | None = None
@@ -77,6 +80,10 @@ class TrainConfig:
         if self.method not in SLIM_METHODS and len(self.widths) > 1:
             raise TrainError(f"method {self.method} trains one width; "
                              f"use --method floats or oats for {list(self.widths)}")
+        if self.train_dial not in DIALS:
+            raise TrainError(f"unknown training dial {self.train_dial!r}; choose from {', '.join(DIALS)}")
+        if self.train_dial != SWITCH and not self.noisy:
+            raise TrainError(f"training dial {self.train_dial} is for --method float or floats, not {self.method}")
         if self.oat and not 1 <= self.film_dim <= 4096:
             raise TrainError(f"FiLM input size must be in 1..4096, got {self.film_dim}")
         if self.epochs < 1 or self.batch_size < 2:

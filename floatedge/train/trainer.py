@@ -10,7 +10,9 @@
 Methods differ in one place, the loss of a batch at one width: `LOSSES`, a table of small functions.
 
 * ``float``  — FLOAT, Algorithm 1: first half of the batch clean at λ=0 (BN_C, s=0), second half
-  PGD-7 at λ=1 (BN_A, s=1), loss 0.5·L_C + 0.5·L_A.
+  PGD-7 at λ=1 (BN_A, s=1), loss 0.5·L_C + 0.5·L_A. With a mixing ``train_dial`` (issue 15, the
+  training variant; docs/lambda-dial.md) the second half runs at a λ drawn per batch — 1 for half the
+  batches, else U(0,1) — under that dial's (s, t): attacked there, loss (1−λ)·CE(clean) + λ·CE(adv).
 * ``floats`` — FLOATS, Algorithm 2: the same at every width, widest first, gradients accumulated,
   one optimiser step.
 * ``pgdat``  — PGD-AT at a fixed λ (FLOAT Eq. 3): whole batch attacked, (1−λ)·CE(clean) + λ·CE(adv);
@@ -48,7 +50,7 @@ from tqdm import tqdm
 
 from floatedge import __version__
 from floatedge.fsutil import atomic_write, atomic_write_json, atomic_write_text, check_writable_dir
-from floatedge.oppoint import BN_ADV, BN_CLEAN
+from floatedge.oppoint import BN_CLEAN, SWITCH, OperatingPoint
 
 from .attacks import pgd
 from .config import DEVICES, METHODS, SLIM_METHODS, TrainConfig, TrainError
@@ -127,14 +129,46 @@ def pgdat_loss(o: Objective, x: torch.Tensor, y: torch.Tensor, width: float, g: 
 
 
 def float_loss(o: Objective, x: torch.Tensor, y: torch.Tensor, width: float, g: torch.Generator) -> BatchLoss:
-    """0.5·CE of the clean first half at (s=0, BN_C) + 0.5·CE of the attacked second half at (s=1, BN_A)."""
-    m, h = o.model, x.shape[0] // 2
-    m.set_state(0.0, BN_CLEAN, width)
+    """0.5·CE of the clean first half at λ=0 + 0.5·L_λ of the second half at the batch's training λ (`train_lambda`),
+    L_λ = (1−λ)·CE(its clean images) + λ·CE(its PGD examples), both at λ's (s, t) under the run's training dial.
+    FLOAT as specified (the switch dial) trains only λ=1: L_1 = CE(PGD examples) at (s=1, BN_A)."""
+    m, h, lam = o.model, x.shape[0] // 2, o.train_lambda(x, g)
+    o.set_point(0.0, width)
     out_c = m(x[:h])
-    m.set_state(1.0, BN_ADV, width)
-    out_a = m(o.attack(x[h:], y[h:], g))
-    loss = 0.5 * F.cross_entropy(out_c, y[:h]) + 0.5 * F.cross_entropy(out_a, y[h:])
+    mixed = o.set_point(lam, width)
+    with frozen_bn_statistics(m, mixed):
+        out_a = m(o.attack(x[h:], y[h:], g))
+        loss_a = F.cross_entropy(out_a, y[h:])
+        if lam < 1.0:
+            loss_a = lam * loss_a + (1 - lam) * F.cross_entropy(m(x[h:]), y[h:])
+    loss = 0.5 * F.cross_entropy(out_c, y[:h]) + 0.5 * loss_a
     return BatchLoss(loss, (out_c, y[:h]), (out_a, y[h:]))
+
+
+ROBUST_END_SHARE = 0.5  # under a mixing training dial, the share of batches whose second half trains at λ = 1
+
+
+def sample_train_lambda(g: torch.Generator) -> float:
+    """A mixing dial's training λ for one batch: 1 with probability ROBUST_END_SHARE (FLOAT's robust end keeps
+    half its training), else uniform on (0, 1) — the dial's interior, which FLOAT never trains."""
+    u = torch.rand(2, generator=g).tolist()
+    return 1.0 if u[0] < ROBUST_END_SHARE else min(max(u[1], 1e-6), 1.0 - 1e-6)
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(model: nn.Module, frozen: bool = True) -> Iterator[None]:
+    """Batch norms normalise with the batch's statistics but leave their running statistics as they are (momentum
+    0), while `frozen`: a blend of BN_C and BN_A trains both sets' affine parameters, but their statistics stay
+    those of the two ends (choice: BN_C's remain clean images' at s=0 and BN_A's PGD examples' at s=1)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen else []
+    saved = [b.momentum for b in bns]
+    for b in bns:
+        b.momentum = 0.0
+    try:
+        yield
+    finally:
+        for b, mom in zip(bns, saved, strict=True):
+            b.momentum = mom
 
 
 def oat_loss(o: Objective, x: torch.Tensor, y: torch.Tensor, width: float, g: torch.Generator) -> BatchLoss:
@@ -167,6 +201,22 @@ class Objective(nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
         self.loss_fn = LOSSES[cfg.method]
+
+    def set_point(self, lam: float, width: float) -> bool:
+        """Put the model at training λ `lam` under the run's training dial (λ_th 0: λ=0 is (s=0, BN_C), λ=1 is
+        (s=1, BN_A)); True when that blends the two BN sets."""
+        p = OperatingPoint(lam, width, 0.0, self.cfg.train_dial)
+        self.model.set_state(p.noise_scale, p.bn_weight, width)
+        return 0.0 < p.bn_weight < 1.0
+
+    def train_lambda(self, x: torch.Tensor, g: torch.Generator) -> float:
+        """The batch's training λ for FLOAT's second half: 1 under the switch dial (FLOAT as specified), drawn once
+        per batch under a mixing dial (shared by every width of the batch, as OATS shares its λ)."""
+        if self.cfg.train_dial == SWITCH:
+            return 1.0
+        if getattr(self, "_lam_train_batch", None) is not x:
+            self._lam_train_batch, self._lam_train = x, sample_train_lambda(g)
+        return self._lam_train
 
     def attack(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return pgd(self.model, x, y, self.cfg.eps, self.cfg.step_size, self.cfg.pgd_steps, generator=g)
