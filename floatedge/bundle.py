@@ -49,7 +49,10 @@ optional:
   followed by a FiLM (OAT) ``film``: true}
 * ``operating_points`` (optional, null when exported without ``--eval``): ``source``, ``n_images``,
   ``attacks`` {name: description}, ``epochs``, ``rows`` [{lambda_n, width, lambda_th, noise_scale,
-  bn, clean_acc, <attack>_acc}]
+  bn, clean_acc, <attack>_acc, robust_acc, robust_attack}]: every attack measured at that point keeps its
+  ``<attack>_acc`` (null where an attack did not run at that point); ``robust_acc`` is the lowest of them and
+  ``robust_attack`` names the attack that measured it (`robust_of` is the rule; optional and additive: a
+  reader of an older bundle without them gets the same figure from `robust_of`)
 * ``provenance``: ``run``, ``checkpoint_sha256``, ``epoch``, ``config``, ``dataset``,
   ``floatedge_version``, ``git_commit`` (null outside a checkout), ``packages`` {name: version}
 * ``acceptance`` (optional, null or absent when exported with ``--acceptance 0`` or by an older floatedge;
@@ -183,6 +186,37 @@ def _canonical(manifest: Mapping[str, Any]) -> bytes:
 def manifest_checksum(manifest: Mapping[str, Any]) -> str:
     """sha256 of the manifest's canonical JSON without its own checksum: edits to the manifest show."""
     return sha256_bytes(_canonical(manifest))
+
+
+# ------------------------------------------------------------------------------------ the RA of a point
+ROBUST = "robust"  # robust_acc / robust_attack: the strongest measured figure of a table row
+
+
+def robust_of(row: Mapping[str, Any]) -> tuple[float | None, str | None]:
+    """The robust accuracy a calibration-table row reports, and the attack that measured it: the LOWEST of
+    every measured ``<attack>_acc`` of the row (and of its ``robust_acc``, named by ``robust_attack``), so a
+    point is never credited with more robustness than its strongest measured attack leaves it. (None, None)
+    when no attack was measured there. The one rule every reader of a table uses (server, governor, policies,
+    metrics, device profile, benchmarks); rows written before ``robust_acc`` existed get the same answer."""
+    best: tuple[float, str] | None = None
+    for key, value in row.items():
+        if not key.endswith("_acc") or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        name = key[: -len("_acc")]
+        if name == "clean":
+            continue
+        if name == ROBUST:
+            name = str(row.get("robust_attack") or ROBUST)
+        if best is None or float(value) < best[0]:
+            best = (float(value), name)
+    return best if best else (None, None)
+
+
+def with_robust(row: Mapping[str, Any]) -> dict:
+    """A copy of a table row with ``robust_acc`` and ``robust_attack`` set by `robust_of` (None, None without
+    any measured attack)."""
+    acc, attack = robust_of(row)
+    return {**row, "robust_acc": acc, "robust_attack": attack}
 
 
 # ------------------------------------------------------------------------------------------ writing

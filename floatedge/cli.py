@@ -128,9 +128,9 @@ def switch_tour(bundle: Path, result: dict, runs: int = 200) -> list[dict]:
     import numpy as np
 
     import floatedge.runtime as rt
+    from floatedge.bundle import robust_of
     from floatedge.train.data import load_digits
 
-    attack = next(iter(result["attacks"]))
     ds = load_digits()
     x = ds.x_test.numpy().astype(np.float32) / 255
     y = ds.y_test.numpy()
@@ -150,7 +150,7 @@ def switch_tour(bundle: Path, result: dict, runs: int = 200) -> list[dict]:
                 times.append(time.perf_counter() - t0)
             out.append({"width": r["width"], "lambda_n": r["lambda_n"], "lambda_th": th, "switch_ms": switch_ms,
                         "p50_ms": 1e3 * float(np.median(times)), "runtime_clean_acc": ca, "clean_acc": r["clean_acc"],
-                        "robust_acc": r.get(f"{attack}_acc"), "backend": model.name})
+                        "robust_acc": robust_of(r)[0], "backend": model.name})
     return out
 
 

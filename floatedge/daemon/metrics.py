@@ -27,6 +27,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from floatedge.bundle import robust_of
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5,
                    1.0, 2.5)
 EFFECT_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -160,8 +162,9 @@ class Metrics:
                                 "From a switch being asked for to the new point serving", buckets=EFFECT_BUCKETS,
                                 registry=r)
         self.accuracy = Gauge("floatedge_calibrated_accuracy",
-                              "Accuracy the bundle's calibration table records at the current point (clean, or "
-                              "under the named attack); absent when the point was not evaluated", ["kind"],
+                              "Accuracy the bundle's calibration table records at the current point (clean, "
+                              "under the named attack, or robust: the lowest of the attacks); absent when the "
+                              "point was not evaluated", ["kind"],
                               registry=r)
         self.latency = Histogram("floatedge_request_latency_seconds", "Inference request latency, receipt to response",
                                  buckets=LATENCY_BUCKETS, registry=r)
@@ -211,6 +214,9 @@ class Metrics:
         for k, v in (row or {}).items():
             if k.endswith("_acc") and isinstance(v, (int, float)):
                 self.accuracy.labels(k[: -len("_acc")]).set(float(v))
+        robust = robust_of(row or {})[0]  # kind="robust": the lowest measured attack, also for an older table
+        if robust is not None:
+            self.accuracy.labels("robust").set(robust)
 
     def switched(self, reason: str, seconds: float | None) -> None:
         self.switches.labels(reason).inc()

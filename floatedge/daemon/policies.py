@@ -21,6 +21,8 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from floatedge.bundle import robust_of
+
 from .governor import (
     BUDGET_KEYS,
     TUNING_KEYS,
@@ -133,8 +135,7 @@ class LadderPolicy(_WithPoints):
         else:  # no profile: a rung per width, narrowest first, at that width's best calibrated λn
             cands = []
             for r in ctx.table:
-                score = r.get("clean_acc") if acc == "clean" else next(
-                    (v for k, v in r.items() if k.endswith("_acc") and k != "clean_acc"), None)
+                score = r.get("clean_acc") if acc == "clean" else robust_of(r)[0]
                 if float(r["lambda_n"]) >= self.floor - 1e-9 and score is not None:
                     cands.append((float(r["width"]), float(score), float(r["lambda_n"]), float(r["width"])))
         out: list[tuple[float, float]] = []

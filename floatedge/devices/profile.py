@@ -18,8 +18,9 @@ The device profile (JSON, schema version 1; `load_profile` reads and checks it):
     bundle            {path, architecture, widths, lambda_th, manifest_sha256}
     engines           {width: {precision, digest, bytes}}
     settings          {batches, rounds, passes, warmup, switch_rounds, telemetry (sampler source), power (bool)}
-    points            [{width, lambda_n, lambda_th, precision, clean_acc, robust_acc, attack (the bundle's table;
-                        null when not evaluated), peak_rss_mb,
+    points            [{width, lambda_n, lambda_th, precision, clean_acc, robust_acc, attack (the bundle's table:
+                        its lowest measured attack at that point, `floatedge.bundle.robust_of`; null when not
+                        evaluated), peak_rss_mb,
                         batches: [{batch, rounds, p50_ms, p99_ms, mean_ms, throughput_ips,
                                    power_w, energy_mj_per_image, power_samples}]}]     power: null without telemetry
     switches          [{from: {width, lambda_n}, to: {width, lambda_n}, change ("lambda" | "width"),
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from floatedge import __version__
-from floatedge.bundle import Bundle, open_bundle
+from floatedge.bundle import Bundle, open_bundle, robust_of
 from floatedge.fsutil import atomic_write_json
 from floatedge.oppoint import OperatingPoint
 
@@ -271,7 +272,6 @@ def run_profile(bundle_path: str | Path | Bundle, *, batches: Sequence[int] | No
     if sizes[0] < 1 or sizes[-1] > most:
         raise ProfileError(f"batches must be between 1 and the build's max batch {most}, got {', '.join(map(str, sizes))}")
     points = calibrated_points(b)
-    attack = next(iter((b.manifest.get("operating_points") or {}).get("attacks", {})), None)
     precision = {float(e["width"]): e["precision"] for e in report["engines"]}
     power = _Power(telemetry, root, interval)
     rss_start = _rss_mb("VmRSS")
@@ -294,9 +294,10 @@ def run_profile(bundle_path: str | Path | Bundle, *, batches: Sequence[int] | No
     rows = []
     for i, p in enumerate(points):
         row = b.lookup(p) or {}
+        robust, attack = robust_of(row)
         rows.append({"width": p.width, "lambda_n": p.lambda_n, "lambda_th": p.lambda_th,
                      "precision": precision[p.width], "clean_acc": row.get("clean_acc"),
-                     "robust_acc": row.get(f"{attack}_acc") if attack else None, "attack": attack,
+                     "robust_acc": robust, "attack": attack,
                      "peak_rss_mb": peak[i], "batches": [samples[(i, n)].summary(power) for n in sizes]})
         echo(format_point(rows[-1]))
     switches = switch_costs(b, neighbours(points), switch_rounds, open_options)

@@ -27,6 +27,31 @@ def _widths(ws) -> str:
     return ", ".join(f"{w:g}" for w in ws)
 
 
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def table_lines(ops: dict | None) -> list[str]:
+    """A bundle's operating-point table as `export` and `inspect` print it: CA, every measured attack's RA (— where
+    an attack did not run at a point), and the RA the bundle reports — the lowest, with its attack
+    (`floatedge.bundle.robust_of`; also for a bundle written before `robust_acc`)."""
+    from floatedge.bundle import robust_of
+
+    if not ops:
+        return ["operating points: none recorded (export with --eval FILE)"]
+    attacks = list(ops["attacks"])
+    described = ", ".join(f"{a}: {d}" for a, d in ops["attacks"].items())
+    head = ["width", "λ_th", "λ_n", "s", "BN", "CA %"] + [f"{a} RA %" for a in attacks] + ["RA % reported", "by"]
+    rows = []
+    for r in ops["rows"]:
+        robust, attack = robust_of(r)
+        rows.append([f"{r['width']:g}", f"{r['lambda_th']:g}", f"{r['lambda_n']:g}", f"{r['noise_scale']:.2f}", str(r["bn"]),
+                     _pct(r["clean_acc"])] + [_pct(r.get(a + "_acc")) for a in attacks] + [_pct(robust), attack or "—"])
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+    return [f"operating points ({ops['n_images']} images; {described})"] + [
+        "  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in [head, *rows]]
+
+
 @click.command("export")
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", "out", type=click.Path(), required=True, help="Bundle to write (MODEL.febundle).")
@@ -51,6 +76,7 @@ def _widths(ws) -> str:
 @user_errors
 def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, dial, eta_dtype, acceptance, tar, force, sign_key) -> None:
     """Export a finished run to a deployable bundle: one runtime-scalable ONNX model per width + manifest."""
+    from floatedge.bundle import open_bundle
     from floatedge.export.torch_export import export_bundle
     from floatedge.fsutil import check_destination
     from floatedge.signing import load_private_key, sign_bundle
@@ -64,6 +90,8 @@ def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, dial, eta_dtyp
                f"{_size(r.plain_bytes)}); η {r.eta_dtype}, max |Δlogits| vs PyTorch {r.parity:.1e}; {r.seconds:.1f} s")
     if key is not None:
         click.echo(f"signed {r.path} with key {sign_bundle(r.path, key)}")
+    for line in table_lines(open_bundle(r.path, verify=False).manifest.get("operating_points")) if eval_file else ():
+        click.echo(line)
 
 
 @click.command("inspect")
@@ -102,19 +130,8 @@ def inspect_cmd(bundle) -> None:
     for st in b.check_files():
         bad += not st.ok
         click.echo(f"  {st.name:24s} {_size(st.size):>10s}  {'ok' if st.ok else st.status.upper()}")
-    ops = m.get("operating_points")
-    if ops:
-        attacks = list(ops["attacks"])
-        described = ", ".join(f"{a}: {d}" for a, d in ops["attacks"].items())
-        click.echo(f"operating points ({ops['n_images']} images; {described})")
-        head = ["width", "λ_th", "λ_n", "s", "BN", "CA %"] + [f"{a} RA %" for a in attacks]
-        rows = [[f"{r['width']:g}", f"{r['lambda_th']:g}", f"{r['lambda_n']:g}", f"{r['noise_scale']:.2f}", r["bn"],
-                 f"{100 * r['clean_acc']:.2f}"] + [f"{100 * r[a + '_acc']:.2f}" for a in attacks] for r in ops["rows"]]
-        widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-        for row in [head, *rows]:
-            click.echo("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
-    else:
-        click.echo("operating points: none recorded (export with --eval FILE)")
+    for line in table_lines(m.get("operating_points")):
+        click.echo(line)
     acc = b.acceptance
     if acc:
         robust = sum(1 for p in acc["points"] if p.get("adversarial"))

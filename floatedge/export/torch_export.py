@@ -65,6 +65,7 @@ from floatedge.bundle import (
     model_filename,
     open_bundle,
     sha256_file,
+    with_robust,
     write_bundle,
 )
 from floatedge.graph.film import ENC_GRID, ENC_ROWS, film_array_names
@@ -422,9 +423,11 @@ def package_versions() -> dict[str, str | None]:
 
 
 def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, widths: Sequence[float],
-                          dial: Dial | str | None = None) -> dict:
+                          dial: Dial | str | None = None, checkpoint_sha256: str | None = None) -> dict:
     """The manifest's operating-point table from a `floatedge eval` result of this very run, measured under the
-    dial the bundle deploys (`dial`, None: switch; a result without a dial was measured under switch)."""
+    dial the bundle deploys (`dial`, None: switch; a result without a dial was measured under switch). A result
+    that records its checkpoint's sha256 must name this checkpoint (the weights and noise draw exported). Each row
+    gets `robust_acc` / `robust_attack`, its lowest measured attack (`floatedge.bundle.robust_of`)."""
     path = Path(eval_file)
     try:
         result = json.loads(path.read_text())
@@ -433,8 +436,8 @@ def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, w
     if not isinstance(result, dict) or not isinstance(result.get("rows"), list) or "attacks" not in result:
         raise ExportError(f"{path}: not a floatedge eval result (no rows/attacks)")
     for key, want in (("method", cfg.method), ("arch", cfg.arch), ("noise_seed", cfg.noise_seed),
-                      ("epochs", int(ckpt["epoch"]))):
-        if key in result and result[key] != want:
+                      ("epochs", int(ckpt["epoch"])), ("checkpoint_sha256", checkpoint_sha256)):
+        if key in result and want is not None and result[key] != want:
             raise ExportError(f"{path}: evaluates a different run ({key} {result[key]!r}, this run has {want!r})")
     measured, deployed = (result.get("dial") or {}).get("name", SWITCH), get_dial(dial).name
     if measured != deployed:
@@ -442,7 +445,7 @@ def operating_point_table(eval_file: str | Path, cfg: TrainConfig, ckpt: dict, w
                           f"evaluate with --dial {deployed} or export with --dial {measured}")
     keep = ("lambda_n", "width", "lambda_th", "dial", "noise_scale", "bn", "clean_acc",
             *(f"{a}_acc" for a in result["attacks"]))
-    rows = [{k: r[k] for k in keep if k in r} for r in result["rows"]
+    rows = [with_robust({k: r[k] for k in keep if k in r}) for r in result["rows"]
             if any(math.isclose(float(r["width"]), w) for w in widths)]
     if not rows:
         raise ExportError(f"{path}: no rows for the exported widths {_fmt(widths)}")
@@ -551,7 +554,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
     for w in chosen:
         if w not in model.widths:
             raise ExportError(f"width {w:g} not trained; {run_dir} has widths {_fmt(model.widths)}")
-    table = operating_point_table(eval_file, cfg, ckpt, chosen, dial) if eval_file else None
+    table = operating_point_table(eval_file, cfg, ckpt, chosen, dial, sha256_file(run_dir / CHECKPOINT)) if eval_file else None
     if acceptance < 0:
         raise ExportError(f"--acceptance must be ≥ 0 images (0: none), got {acceptance}")
     ds = ckpt["dataset"]

@@ -177,7 +177,11 @@ def report_interrupt(out: str | Path, total: int, resume_command: str) -> None:
                    "`floatedge export --dial` deploys. [default: oppoint.DEFAULT_DIAL]")
 @click.option("--widths", default=None, help="Widths to evaluate [default: all trained].")
 @click.option("--attacks", default="pgd20", show_default=True,
-              help="Any of pgd7, pgd20, fgsm, autoattack (AutoAttack: 25–45 min per point on 500 CIFAR images, CPU).")
+              help="Comma-separated, any of fgsm, pgd7, pgd20, pgd100x5-ce, pgd100x5-dlr, noisefree-pgd100x5, "
+                   "transfer-pgd20, transfer-pgd100 (need --transfer-from), apgd-ce-t, autoattack (see docs/training.md; "
+                   "AutoAttack: 25–45 min per point on 500 CIFAR images, CPU). The table's RA is the lowest.")
+@click.option("--transfer-from", type=click.Path(), default=None,
+              help="Run the transfer attacks make their examples on (e.g. a PGD-AT run; at its λ_n = 1, widest width).")
 @click.option("--eps", type=Fraction(), default=None, help="L∞ budget, e.g. 8/255 [default: the run's training ε].")
 @click.option("--limit", type=int, default=None, help="Evaluate on a seeded random subset of N test images.")
 @click.option("--data", "data_path", type=click.Path(), default=None, help="Read the data from here, not the run's "
@@ -190,18 +194,20 @@ def report_interrupt(out: str | Path, total: int, resume_command: str) -> None:
 @click.option("--force", is_flag=True, help="Replace RUN_DIR/eval.json when --out is not given.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def eval_cmd(run_dir, lambdas, lambda_ths, dial, widths, attacks, eps, limit, data_path, batch_size, seed, device, out,
-             force, quiet):
+def eval_cmd(run_dir, lambdas, lambda_ths, dial, widths, attacks, transfer_from, eps, limit, data_path, batch_size, seed,
+             device, out, force, quiet):
     """Clean and robust accuracy at every operating point.
 
-    Measures CA and RA over λ_n × λ_th × widths; prints a table, writes JSON, CSV and the CA–RA plot.
-    Without --out the result goes to RUN_DIR/eval.json, the table `floatedge export --eval` puts in a bundle;
-    an existing one is kept unless --force is given.
+    Measures CA and RA over λ_n × λ_th × widths; prints a table, writes JSON, CSV and the CA–RA plot. Each row
+    keeps every attack's accuracy and reports as its RA the lowest of them, naming the attack. Without --out the
+    result goes to RUN_DIR/eval.json, the table `floatedge export --eval` puts in a bundle; an existing one is kept
+    unless --force is given.
 
     \b
     Examples:
       floatedge eval runs/float --limit 1000
       floatedge eval runs/float --attacks autoattack --lambdas 1 --lambda-ths 0 --out runs/float/aa.json
+      floatedge eval runs/float --attacks pgd20,transfer-pgd20 --transfer-from runs/pgdat --out runs/float/tr.json
     """
     from floatedge.oppoint import check_lambda_th, parse_lambdas, parse_widths
     from floatedge.train.evaluate import check_out_file, evaluate, format_table, save_result
@@ -220,7 +226,7 @@ def eval_cmd(run_dir, lambdas, lambda_ths, dial, widths, attacks, eps, limit, da
         check_out_file(out)
     result = evaluate(run_dir, parse_lambdas(lambdas), ths, parse_widths(widths) if widths else None,
                       [a.strip() for a in attacks.split(",") if a.strip()], limit, data_path, batch_size, seed,
-                      device, progress=not quiet, eps=eps, dial=dial)
+                      device, progress=not quiet, eps=eps, transfer_from=transfer_from, dial=dial)
     if data_path and result["data_recorded"] and result["data"] != result["data_recorded"]:
         click.echo(f"read the data from {result['data']} (--data), not from {result['data_recorded']} recorded by the run")
     click.echo(format_table(result))

@@ -4,6 +4,12 @@ Operating points that compute the same function (same noise scale, BN set and wi
 both thresholds) are evaluated once and reported under each name. Models without noise or dual BN
 (PGD-AT, standard) have one operating point per width. OAT models take any λ_n in [0, 1] (it reaches the
 FiLM and the BN routing); λ_th does not exist for them and is reported as 0.
+
+Every row keeps each attack's `<attack>_acc` and gets `robust_acc` / `robust_attack`: the lowest of them and the
+attack that measured it (`floatedge.bundle.robust_of`, the rule every reader of a bundle's table uses).
+The model evaluated is the one `floatedge export` writes: both load the run's checkpoint (weights, α, and the
+recorded noise draw z, a buffer of the state dict) through `load_model`, and the result records the
+checkpoint's sha256, which the export checks against the checkpoint it exports.
 """
 from __future__ import annotations
 
@@ -19,12 +25,13 @@ from pathlib import Path
 
 import torch
 
+from floatedge.bundle import robust_of, sha256_file, with_robust
 from floatedge.fsutil import atomic_write, atomic_write_json, atomic_write_text
 from floatedge.oppoint import DEFAULT_DIAL, PAPER_LAMBDA_THS, PAPER_LAMBDAS, OperatingPoint, get_dial
 
 from .attacks import ATTACKS, check_attacks, run_attack
 from .data import to_float
-from .trainer import TrainError, load_model, load_run_data, progress_bar, resolve_device
+from .trainer import CHECKPOINT, TrainError, load_model, load_run_data, progress_bar, resolve_device
 
 
 class EvalError(ValueError):
@@ -32,14 +39,34 @@ class EvalError(ValueError):
 
 
 def accuracy_under(model, attack: str, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
-                   eps: float) -> float:
+                   eps: float, source=None, made: dict | None = None) -> float:
+    """Accuracy of `model` under `attack`, batch by batch (batch i seeded seed + i). Transfer attacks (made on
+    `source`, independent of the model's point) are kept in `made` and made once for all points."""
     correct = 0
+    keep = made is not None and ATTACKS[attack].needs_source
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        xa = run_attack(attack, model, xb, yb, seed=seed + i, eps=eps)
+        xa = made.get((attack, i)) if keep else None
+        if xa is None:
+            xa = run_attack(attack, model, xb, yb, seed=seed + i, eps=eps, source=source)
+            if keep:
+                made[(attack, i)] = xa
         with torch.no_grad():
             correct += int((model(xa).argmax(1) == yb).sum())
     return correct / len(x)
+
+
+def load_source(run_dir: str | Path, cfg, device: torch.device):
+    """The model a transfer attack makes its examples on: a run's checkpoint at its most robust point (λ_n = 1,
+    widest width; a PGD-AT or standard run has just one point), on the same data set as the evaluated run."""
+    try:
+        model, src_cfg, ckpt = load_model(run_dir)
+    except TrainError as exc:
+        raise EvalError(f"--transfer-from: {exc}") from None
+    if src_cfg.dataset != cfg.dataset:
+        raise EvalError(f"--transfer-from {run_dir}: trained on {src_cfg.dataset}, the evaluated run on {cfg.dataset}")
+    model.set_operating_point(OperatingPoint(1.0, model.widths[0], 0.0))
+    return model.to(device), f"{src_cfg.method} {src_cfg.arch}, epoch {int(ckpt['epoch'])}"
 
 
 def evaluate(
@@ -55,17 +82,23 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
     eps: float | None = None,
+    transfer_from: str | Path | None = None,
     dial: str | None = None,
 ) -> dict:
-    """Evaluate a run at every operating point. ε defaults to the run's training ε (8/255 unless changed)."""
+    """Evaluate a run at every operating point. ε defaults to the run's training ε (8/255 unless changed).
+    Transfer attacks (`transfer-pgd20`, `transfer-pgd100`) make their examples on the run `transfer_from`."""
     try:
         check_attacks(attacks)
     except ValueError as exc:
         raise EvalError(str(exc)) from None
+    needs = [a for a in attacks if ATTACKS[a].needs_source]
+    if needs and transfer_from is None:
+        raise EvalError(f"{needs[0]} makes its examples on another model: give it with --transfer-from RUN")
     model, cfg, ckpt = load_model(run_dir)
     eps = float(cfg.eps if eps is None else eps)
     dev = resolve_device(device)
     model.to(dev)
+    source, source_text = load_source(transfer_from, cfg, dev) if needs else (None, "")
     widths = tuple(widths) if widths else model.widths
     for w in widths:
         if w not in model.widths:
@@ -91,6 +124,7 @@ def evaluate(
     else:
         points = [OperatingPoint(0.0, w, 0.0) for w in widths]
     cache: dict[tuple, dict] = {}
+    made: dict[tuple, torch.Tensor] = {}  # transfer examples: the same at every point
     rows = []
     todo = {p.effective() for p in points}
     bar = progress_bar(len(todo) * (1 + len(attacks)), "eval", progress)
@@ -106,15 +140,18 @@ def evaluate(
             bar.update(1)
             for a in attacks:
                 bar.set_description(f"{a} @ {p}")
-                res[a] = accuracy_under(model, a, x, y, batch_size, seed, eps)
+                res[a] = accuracy_under(model, a, x, y, batch_size, seed, eps, source, made)
                 bar.update(1)
             res["seconds"] = time.perf_counter() - t0
             cache[key] = res
         r = cache[key]
         s = p.noise_scale if conditional else 0.0
-        rows.append({**p.to_dict(), "noise_scale": s, "bn": p.bn_name, "clean_acc": r["clean"],
-                     **{f"{a}_acc": r[a] for a in attacks}, "seconds": r["seconds"]})
+        rows.append({**with_robust({**p.to_dict(), "noise_scale": s, "bn": p.bn_name, "clean_acc": r["clean"],
+                                    **{f"{a}_acc": r[a] for a in attacks}}), "seconds": r["seconds"]})
     bar.close()
+    described = {a: f"{ATTACKS[a].description}, L∞ ε={eps * 255:.3g}/255" for a in attacks}
+    for a in needs:
+        described[a] += f"; source {transfer_from} ({source_text})"
     return {
         "run": str(run_dir),
         "method": cfg.method,
@@ -125,11 +162,12 @@ def evaluate(
         "noise_mode": cfg.noise_mode,
         "noise_seed": cfg.noise_seed,
         "epochs": int(ckpt["epoch"]),
+        "checkpoint_sha256": sha256_file(Path(run_dir) / CHECKPOINT),
         "dial": rule.to_dict(),
         "n_images": int(len(x)),
         "subset_seed": seed if limit else None,
         "eps": eps,
-        "attacks": {a: f"{ATTACKS[a].description}, L∞ ε={eps * 255:.3g}/255" for a in attacks},
+        "attacks": described,
         "rows": rows,
     }
 
@@ -162,11 +200,12 @@ def check_out_file(path: str | Path) -> Path:
 
 def format_table(result: dict) -> str:
     attacks = list(result["attacks"])
-    head = ["width", "λ_th", "λ_n", "s", "BN", "CA %"] + [f"{a} RA %" for a in attacks]
+    head = ["width", "λ_th", "λ_n", "s", "BN", "CA %"] + [f"{a} RA %" for a in attacks] + ["RA % (lowest)"]
     lines = [head]
     for r in result["rows"]:
         lines.append([f"{r['width']:g}", f"{r['lambda_th']:g}", f"{r['lambda_n']:g}", f"{r['noise_scale']:.2f}",
-                      r["bn"], f"{100 * r['clean_acc']:.2f}"] + [_pct(r.get(a + "_acc")) for a in attacks])
+                      r["bn"], f"{100 * r['clean_acc']:.2f}"] + [_pct(r.get(a + "_acc")) for a in attacks]
+                     + [robust_cell(r)])
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
     out = ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=False)) for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
@@ -175,6 +214,12 @@ def format_table(result: dict) -> str:
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
+
+
+def robust_cell(row: dict) -> str:
+    """The RA a row reports (`robust_of`: its lowest measured attack) with that attack named: "19.80 autoattack"."""
+    acc, attack = robust_of(row)
+    return "—" if acc is None else f"{100 * acc:.2f} {attack}"
 
 
 def merge_results(base: dict, extra: dict) -> dict:
@@ -191,7 +236,8 @@ def merge_results(base: dict, extra: dict) -> dict:
                 row[f"{a}_acc"] = found[key(r)][f"{a}_acc"]
             else:
                 row.setdefault(f"{a}_acc", None)  # keep what an earlier merge put there
-        merged["rows"].append(row)
+        row.pop("robust_acc", None)  # the lowest again, over the merged attacks
+        merged["rows"].append(with_robust(row))
     return merged
 
 
