@@ -164,7 +164,8 @@ def _knots(value: Sequence[Sequence[float]], what: str, hi: float | None) -> Kno
     if len(knots) < 2 or xs[0] != 0.0 or xs[-1] != 1.0 or any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
         raise OperatingPointError(f"dial {what}: knots must rise strictly from λ_n = 0 to 1, got {value!r}")
     if not all(math.isfinite(y) and y >= 0 and (hi is None or y <= hi) for _, y in knots):
-        raise OperatingPointError(f"dial {what}: values must be in [0, {hi if hi is not None else '∞'}), got {value!r}")
+        span = f"[0, {hi:g}]" if hi is not None else "[0, ∞)"
+        raise OperatingPointError(f"dial {what}: values must be in {span}, got {value!r}")
     return knots
 
 
@@ -253,12 +254,13 @@ def get_dial(value: Dial | str | Mapping | None) -> Dial:
     return known
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OperatingPoint:
     """Where a deployed model runs: trade-off λ_n, width, the BN threshold λ_th (switch dial only) and the dial.
 
     `dial` None: the dial of whatever runs the point (a bundle fills its own in), switch where none is known.
-    A mixing dial has no λ_th: it is stored as 0."""
+    A mixing dial has no λ_th: it is stored as 0. Equality and hashing go by the rule (`rule`), so a point naming
+    switch equals the same point naming none."""
 
     lambda_n: float = 0.0
     width: float = 1.0
@@ -270,9 +272,18 @@ class OperatingPoint:
         object.__setattr__(self, "width", check_width(self.width))
         object.__setattr__(self, "lambda_th", check_lambda_th(self.lambda_th))
         d = None if self.dial is None else get_dial(self.dial)
-        object.__setattr__(self, "dial", d if d is not None and d.mixes else None)  # switch is stored as None
+        object.__setattr__(self, "dial", d)
         if d is not None and d.mixes:
             object.__setattr__(self, "lambda_th", 0.0)
+
+    def _identity(self) -> tuple:
+        return (self.lambda_n, self.width, self.lambda_th, self.rule)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OperatingPoint) and self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
 
     @property
     def rule(self) -> Dial:
@@ -285,14 +296,14 @@ class OperatingPoint:
 
     @property
     def noise_scale(self) -> float:
-        if self.dial is None:  # the exact scalar rule (float64), as before dials existed
+        if not self.rule.mixes:  # the exact scalar rule (float64), as before dials existed
             return noise_scale(self.lambda_n, self.lambda_th)
         return self._st()[0]
 
     @property
     def bn_weight(self) -> float:
         """t: the weight of BN_A in the blend (1 − t for BN_C); 0 or 1 under the switch dial."""
-        return float(bn_set(self.lambda_n, self.lambda_th)) if self.dial is None else self._st()[1]
+        return float(bn_set(self.lambda_n, self.lambda_th)) if not self.rule.mixes else self._st()[1]
 
     @property
     def bn(self) -> int:
@@ -315,14 +326,14 @@ class OperatingPoint:
         if self.dial is None and not d.mixes:
             return self
         if self.dial is None:
-            return OperatingPoint(self.lambda_n, self.width, 0.0, d)
+            return OperatingPoint(self.lambda_n, self.width, self.lambda_th, d)
         if self.dial != d:
             raise OperatingPointError(f"the point names dial {self.dial.name!r}, this model's is {d.name!r}")
         return self
 
     def to_dict(self) -> dict:
         out = {"lambda_n": self.lambda_n, "width": self.width, "lambda_th": self.lambda_th}
-        return out | ({"dial": self.dial.name} if self.dial is not None else {})
+        return out | ({"dial": self.dial.name} if self.rule.mixes else {})
 
     @classmethod
     def training(cls, adversarial: bool, width: float = 1.0) -> OperatingPoint:
@@ -330,8 +341,8 @@ class OperatingPoint:
         return cls(1.0 if adversarial else 0.0, width, 0.0)
 
     def __str__(self) -> str:
-        if self.dial is not None:
-            return f"λn={self.lambda_n:g} w={self.width:g} {self.dial.name} (s={self.noise_scale:.3g}, t={self.bn_weight:.3g})"
+        if self.rule.mixes:
+            return f"λn={self.lambda_n:g} w={self.width:g} {self.rule.name} (s={self.noise_scale:.3g}, t={self.bn_weight:.3g})"
         return f"λn={self.lambda_n:g} w={self.width:g} λth={self.lambda_th:g} (s={self.noise_scale:.3g}, BN_{'A' if self.bn else 'C'})"
 
 
@@ -359,7 +370,7 @@ def equivalent_lambda(point: OperatingPoint, graph_lambda_th: float, graph_dial:
     if graph_dial is not None and point.rule != get_dial(graph_dial):
         raise OperatingPointError(f"the in-graph model computes dial {get_dial(graph_dial).name!r} and cannot compute "
                                   f"{point}; open the runtime with mode='materialised'")
-    if point.dial is not None or point.lambda_th == graph_lambda_th:
+    if point.rule.mixes or point.lambda_th == graph_lambda_th:
         return point.lambda_n
     s, th = point.noise_scale, graph_lambda_th
     lam = th + s * (1.0 - th) if point.bn else s * th

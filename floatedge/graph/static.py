@@ -67,7 +67,7 @@ def point_arrays(model: onnx.ModelProto, entry: Mapping, op: OperatingPoint,
     if film and op.lambda_th != 0:
         raise OperatingPointError(f"an OAT model has no λ_th: its BNs route at λ_th = 0 (BN_A iff λ_n > 0), "
                                   f"got λ_th={op.lambda_th:g}")
-    if film and op.dial is not None:
+    if film and op.rule.mixes:
         raise OperatingPointError(f"an OAT model routes its BNs by λ (FiLM) and takes no mixing dial, got {op.dial.name!r}")
     rule = op.dial or graph_dial(model)
     s, t = (np.float32(v) for v in rule.arrays(np.float32(op.lambda_n), op.lambda_th))

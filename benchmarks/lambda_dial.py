@@ -1,0 +1,204 @@
+"""Is λ_n a dial? CA and PGD-20 RA of one trained FLOAT model at λ_n = 0, 0.1, …, 1 under each dial
+(`floatedge.oppoint.DIALS`): FLOAT's switch (Eq. 5) at λ_th = 0 and 0.5, and BN interpolation (`mix`: t = s = λ_n)
+with its variants (`mix-s1`: s = 1; `mix-s0`: s = 0). No retraining: every curve is the same checkpoint, evaluated by
+`floatedge.train.evaluate.evaluate` (what `floatedge eval --dial` runs, and the export deploys). Marks the
+Pareto-useful points by issue 15's bar and writes the `lambda-dial` section of docs/RESULTS.md and one CA–RA plot.
+
+    python benchmarks/lambda_dial.py --run runs/fullscale/float_s0 --limit 1000
+
+Points that compute the same function (same noise scale s, BN weight t, width) are measured once for every curve that
+has them (λ_n = 0 and 1 under both switches and `mix`). Measured rows are kept in `--cache` as they come, so an
+interrupted run continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from _results import FIGURES, ROOT, machine, shown, shown_args, update_section
+
+from floatedge.fsutil import atomic_write_json
+from floatedge.oppoint import DIALS, OperatingPoint, parse_lambdas
+from floatedge.train.evaluate import curve_style, evaluate, place_labels, pyplot, save_png, set_span
+
+GRID = tuple(round(0.1 * i, 1) for i in range(11))
+# (label, dial, λ_th): the curves, in plot order
+CURVES = (("switch λ_th=0", "switch", 0.0), ("switch λ_th=0.5", "switch", 0.5), ("mix (t = s = λ)", "mix", 0.0),
+          ("mix-s1 (t = λ, s = 1)", "mix-s1", 0.0), ("mix-s0 (t = λ, s = 0)", "mix-s0", 0.0))
+CA_BAR, RA_BAR = 3.0, 5.0  # issue 15: a useful point is ≥ 3 points CA above the robust end, ≥ 5 RA above the clean end
+ATTACK = "pgd20"
+
+
+def point_key(lam: float, width: float, th: float, dial: str) -> str:
+    return json.dumps(OperatingPoint(lam, width, th, dial).effective())
+
+
+def pareto(rows: list[dict]) -> list[bool]:
+    """Issue 15's bar per point of one curve (its λ_n = 0 row is the clean end, λ_n = 1 the robust end): an
+    intermediate point at least CA_BAR points of CA above the robust end and RA_BAR points of RA above the clean
+    end, and dominated by no other point of the curve."""
+    by_lam = {r["lambda_n"]: r for r in rows}
+    clean, robust = by_lam[0.0], by_lam[1.0]
+    out = []
+    for r in rows:
+        ca, ra = 100 * r["clean_acc"], 100 * r[f"{ATTACK}_acc"]
+        dominated = any((100 * q["clean_acc"] >= ca and 100 * q[f"{ATTACK}_acc"] >= ra)
+                        and (q["clean_acc"], q[f"{ATTACK}_acc"]) != (r["clean_acc"], r[f"{ATTACK}_acc"]) for q in rows)
+        out.append(0.0 < r["lambda_n"] < 1.0 and not dominated and ca >= 100 * robust["clean_acc"] + CA_BAR
+                   and ra >= 100 * clean[f"{ATTACK}_acc"] + RA_BAR)
+    return out
+
+
+def area(rows: list[dict], ref: tuple[float, float]) -> float:
+    """Area (points², CA × RA) dominated by a curve's points above the reference corner `ref` (hypervolume): one
+    figure for how much of the trade-off plane a dial reaches."""
+    pts = sorted(((100 * r["clean_acc"], 100 * r[f"{ATTACK}_acc"]) for r in rows), reverse=True)
+    total, best_ra = 0.0, ref[1]
+    for ca, ra in pts:  # CA falling: each point adds the strip its RA rises above every point of higher CA
+        if ra > best_ra:
+            total += (ca - ref[0]) * (ra - best_ra)
+            best_ra = ra
+    return total
+
+
+def measure(run: Path, lambdas: tuple[float, ...], curves, cache_path: Path, limit: int, data: str | None) -> dict:
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    meta = cache.pop("_meta", {})
+    for label, dial, th in curves:
+        todo = [lam for lam in lambdas if point_key(lam, 1.0, th, dial) not in cache]
+        if not todo:
+            continue
+        t0 = time.perf_counter()
+        res = evaluate(run, todo, (th,), attacks=[ATTACK], limit=limit, data=data, progress=False, dial=dial)
+        for r in res["rows"]:
+            cache[point_key(r["lambda_n"], r["width"], r["lambda_th"], dial)] = {
+                k: r[k] for k in ("noise_scale", "bn", "clean_acc", f"{ATTACK}_acc", "seconds")}
+        meta = {k: res[k] for k in ("method", "arch", "dataset", "epochs", "n_images", "subset_seed", "eps", "attacks")}
+        print(f"{label}: {len(todo)} points in {time.perf_counter() - t0:.0f} s", flush=True)
+        atomic_write_json(cache_path, {"_meta": meta, **cache})
+    return {"_meta": meta, **cache}
+
+
+def curves_from(cache: dict, lambdas, curves) -> dict[str, list[dict]]:
+    out = {}
+    for label, dial, th in curves:
+        rows = []
+        for lam in lambdas:
+            r = cache[point_key(lam, 1.0, th, dial)]
+            rows.append({"lambda_n": lam, "dial": dial, "lambda_th": th, **r})
+        for r, useful in zip(rows, pareto(rows), strict=True):
+            r["pareto_useful"] = useful
+        out[label] = rows
+    return out
+
+
+def plot(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8.4, 5.4), dpi=120)
+    labels, xs_all, ys_all = [], [], []
+    for i, (label, rows) in enumerate(curves.items()):
+        xs = [100 * r["clean_acc"] for r in rows]
+        ys = [100 * r[f"{ATTACK}_acc"] for r in rows]
+        (line,) = ax.plot(xs, ys, "o-" if rows[0]["dial"] != "switch" else "o--", label=label, **curve_style(i))
+        good = [(x, y) for x, y, r in zip(xs, ys, rows, strict=True) if r["pareto_useful"]]
+        if good:
+            ax.plot(*zip(*good, strict=True), "o", color=line.get_color(), markersize=curve_style(i)["markersize"])
+        labels += [(x, y, f"{r['lambda_n']:g}", line.get_color()) for r, x, y in zip(rows, xs, ys, strict=True)]
+        xs_all += xs
+        ys_all += ys
+    set_span(ax, xs_all, ys_all)
+    ax.set_xlabel("clean accuracy CA (%)")
+    ax.set_ylabel(f"robust accuracy RA under {ATTACK.upper()} (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+              title="filled: Pareto-useful", title_fontsize=7)
+    fig.tight_layout()
+    place_labels(ax, labels)
+    return save_png(fig, path)
+
+
+def table(curves: dict[str, list[dict]]) -> str:
+    head = "| λ_n | " + " | ".join(curves) + " |"
+    lines = [head, "|---" * (len(curves) + 1) + "|"]
+    for i, first in enumerate(curves[next(iter(curves))]):
+        cells = []
+        for rows in curves.values():
+            r = rows[i]
+            cell = f"{100 * r['clean_acc']:.1f} / {100 * r[f'{ATTACK}_acc']:.1f}"
+            cells.append(f"**{cell}**" if r["pareto_useful"] else cell)
+        lines.append(f"| {first['lambda_n']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--run", default=str(ROOT / "runs" / "fullscale" / "float_s0"))
+    ap.add_argument("--limit", type=int, default=1000, help="test images (seeded subset)")
+    ap.add_argument("--lambdas", default=",".join(f"{v:g}" for v in GRID))
+    ap.add_argument("--dials", default=",".join(d for _, d, _ in CURVES), help="which curves (by dial name)")
+    ap.add_argument("--data", default=None, help="read the test data from here, not the run's recorded path")
+    ap.add_argument("--cache", default=None, help="measured rows (default runs/lambda_dial_<run name>.json)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/ alone")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    lambdas = parse_lambdas(args.lambdas)
+    if 0.0 not in lambdas or 1.0 not in lambdas:
+        raise SystemExit("--lambdas must include both ends, 0 and 1 (the bar is measured against them)")
+    wanted = {d.strip() for d in args.dials.split(",")}
+    curves_spec = [c for c in CURVES if c[1] in wanted or f"{c[1]}@{c[2]:g}" in wanted]
+    cache_path = Path(args.cache) if args.cache else ROOT / "runs" / f"lambda_dial_{run.name}_{args.limit}.json"
+    t0 = time.perf_counter()
+    cache = measure(run, lambdas, curves_spec, cache_path, args.limit, args.data)
+    minutes = (time.perf_counter() - t0) / 60
+    meta = cache["_meta"]
+    curves = curves_from(cache, lambdas, curves_spec)
+    ref = (min(100 * r["clean_acc"] for rows in curves.values() for r in rows),
+           min(100 * r[f"{ATTACK}_acc"] for rows in curves.values() for r in rows))
+    summary = {label: {"pareto_useful": [r["lambda_n"] for r in rows if r["pareto_useful"]], "area": area(rows, ref)}
+               for label, rows in curves.items()}
+    best = max(summary, key=lambda k: (len(summary[k]["pareto_useful"]), summary[k]["area"]))
+    stem = f"lambda_dial_{run.name}"
+    title = (f"FLOAT {meta['arch']} ({run.name}, {meta['epochs']} epochs) on {meta['dataset']}: one checkpoint under each dial\n"
+             f"({meta['n_images']} test images; points labelled by λ_n)")
+    png = plot(curves, (FIGURES if not args.no_write else ROOT / "runs") / f"{stem}.png", title)
+    data = {"run": shown(run), "meta": meta, "curves": curves, "summary": summary, "best": best,
+            "dials": {n: d.to_dict() for n, d in DIALS.items()}, "minutes": minutes}
+    if not args.no_write:
+        atomic_write_json(FIGURES / f"{stem}.json", data)
+    seconds = sorted(r["seconds"] for rows in curves.values() for r in rows if r.get("seconds"))
+    lines = "\n".join(f"- {label}: Pareto-useful at λ_n = {', '.join(f'{v:g}' for v in s['pareto_useful']) or 'none'} "
+                      f"({len(s['pareto_useful'])}); area above the common corner {s['area']:.0f} points²"
+                      for label, s in summary.items())
+    body = f"""## λ_n as a dial: FLOAT's switch vs BN interpolation, one checkpoint (issue 15)
+
+Written by `benchmarks/lambda_dial.py` (`python benchmarks/lambda_dial.py {shown_args(sys.argv[1:])}`).
+Model: `{shown(run)}`, FLOAT {meta['arch']} on {meta['dataset']}, {meta['epochs']} epochs; no retraining — every
+curve is this checkpoint under another dial (`floatedge.oppoint.DIALS`), measured by `floatedge eval --dial`'s
+code, which is what `floatedge export --dial` deploys. CA and {ATTACK.upper()} RA (ε = {meta['eps'] * 255:.3g}/255) on
+{meta['n_images']} test images (seeded subset {meta['subset_seed']}). Machine: {machine()}, 2 vCPU shared with a
+training queue; {minutes:.0f} min for the points not measured before (median {seconds[len(seconds) // 2]:.0f} s per point).
+
+CA / RA % per λ_n; **bold** = Pareto-useful by the issue's bar (an intermediate point ≥ {CA_BAR:g} points of CA above the
+robust end λ_n = 1, ≥ {RA_BAR:g} points of RA above the clean end λ_n = 0, dominated by no other point of its curve):
+
+{table(curves)}
+
+{lines}
+
+Plot: `{shown(png)}`. Most Pareto-useful points (then the largest area): **{best}**.
+"""
+    if not args.no_write:
+        update_section("lambda-dial", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
