@@ -65,27 +65,28 @@ def area(rows: list[dict], ref: tuple[float, float]) -> float:
     return total
 
 
-def measure(run: Path, lambdas: tuple[float, ...], curves, cache_path: Path, limit: int, data: str | None) -> dict:
+def measure(run: Path, curves, cache_path: Path, limit: int, data: str | None) -> dict:
+    """Every (curve, λ_n) not in the cache, one point per `evaluate` call, each written to the cache at once."""
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     meta = cache.pop("_meta", {})
-    for label, dial, th in curves:
-        todo = [lam for lam in lambdas if point_key(lam, 1.0, th, dial) not in cache]
-        if not todo:
-            continue
-        t0 = time.perf_counter()
-        res = evaluate(run, todo, (th,), attacks=[ATTACK], limit=limit, data=data, progress=False, dial=dial)
-        for r in res["rows"]:
-            cache[point_key(r["lambda_n"], r["width"], r["lambda_th"], dial)] = {
-                k: r[k] for k in ("noise_scale", "bn", "clean_acc", f"{ATTACK}_acc", "seconds")}
-        meta = {k: res[k] for k in ("method", "arch", "dataset", "epochs", "n_images", "subset_seed", "eps", "attacks")}
-        print(f"{label}: {len(todo)} points in {time.perf_counter() - t0:.0f} s", flush=True)
-        atomic_write_json(cache_path, {"_meta": meta, **cache})
+    for label, dial, th, lambdas in curves:
+        for lam in lambdas:
+            key = point_key(lam, 1.0, th, dial)
+            if key in cache:
+                continue
+            res = evaluate(run, (lam,), (th,), attacks=[ATTACK], limit=limit, data=data, progress=False, dial=dial)
+            (r,) = res["rows"]
+            cache[key] = {k: r[k] for k in ("noise_scale", "bn", "clean_acc", f"{ATTACK}_acc", "seconds")}
+            meta = {k: res[k] for k in ("method", "arch", "dataset", "epochs", "n_images", "subset_seed", "eps", "attacks")}
+            print(f"{label} λ_n={lam:g}: CA {100 * r['clean_acc']:.1f}, RA {100 * r[f'{ATTACK}_acc']:.1f} "
+                  f"({r['seconds']:.0f} s)", flush=True)
+            atomic_write_json(cache_path, {"_meta": meta, **cache})
     return {"_meta": meta, **cache}
 
 
-def curves_from(cache: dict, lambdas, curves) -> dict[str, list[dict]]:
+def curves_from(cache: dict, curves) -> dict[str, list[dict]]:
     out = {}
-    for label, dial, th in curves:
+    for label, dial, th, lambdas in curves:
         rows = []
         for lam in lambdas:
             r = cache[point_key(lam, 1.0, th, dial)]
@@ -125,13 +126,13 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
 def table(curves: dict[str, list[dict]]) -> str:
     head = "| λ_n | " + " | ".join(curves) + " |"
     lines = [head, "|---" * (len(curves) + 1) + "|"]
-    for i, first in enumerate(curves[next(iter(curves))]):
+    for lam in sorted({r["lambda_n"] for rows in curves.values() for r in rows}):
         cells = []
         for rows in curves.values():
-            r = rows[i]
-            cell = f"{100 * r['clean_acc']:.1f} / {100 * r[f'{ATTACK}_acc']:.1f}"
-            cells.append(f"**{cell}**" if r["pareto_useful"] else cell)
-        lines.append(f"| {first['lambda_n']:g} | " + " | ".join(cells) + " |")
+            r = next((r for r in rows if r["lambda_n"] == lam), None)
+            cell = "—" if r is None else f"{100 * r['clean_acc']:.1f} / {100 * r[f'{ATTACK}_acc']:.1f}"
+            cells.append(f"**{cell}**" if r is not None and r["pareto_useful"] else cell)
+        lines.append(f"| {lam:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -140,7 +141,9 @@ def main() -> None:
     ap.add_argument("--run", default=str(ROOT / "runs" / "fullscale" / "float_s0"))
     ap.add_argument("--limit", type=int, default=1000, help="test images (seeded subset)")
     ap.add_argument("--lambdas", default=",".join(f"{v:g}" for v in GRID))
-    ap.add_argument("--dials", default=",".join(d for _, d, _ in CURVES), help="which curves (by dial name)")
+    ap.add_argument("--alt-lambdas", default="0,0.2,0.4,0.6,0.8,1", help="λ_n of the alternative schedules (mix-s1, mix-s0)")
+    ap.add_argument("--dials", default="mix,switch@0.5,switch@0,mix-s1,mix-s0",
+                    help="the curves, measured in this order: dial names, switch@λ_th for one switch curve")
     ap.add_argument("--data", default=None, help="read the test data from here, not the run's recorded path")
     ap.add_argument("--cache", default=None, help="measured rows (default runs/lambda_dial_<run name>.json)")
     ap.add_argument("--threads", type=int, default=None)
@@ -149,17 +152,24 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
-    lambdas = parse_lambdas(args.lambdas)
-    if 0.0 not in lambdas or 1.0 not in lambdas:
-        raise SystemExit("--lambdas must include both ends, 0 and 1 (the bar is measured against them)")
-    wanted = {d.strip() for d in args.dials.split(",")}
-    curves_spec = [c for c in CURVES if c[1] in wanted or f"{c[1]}@{c[2]:g}" in wanted]
+    lambdas, alt = parse_lambdas(args.lambdas), parse_lambdas(args.alt_lambdas)
+    if not {0.0, 1.0} <= set(lambdas) & set(alt):
+        raise SystemExit("--lambdas and --alt-lambdas must include both ends, 0 and 1 (the bar is measured against them)")
+    curves_spec = []
+    for want in (d.strip() for d in args.dials.split(",") if d.strip()):
+        found = [c for c in CURVES if want in (c[1], f"{c[1]}@{c[2]:g}")]
+        if not found:
+            raise SystemExit(f"unknown curve {want!r}; known: {', '.join(f'{d}@{t:g}' if d == 'switch' else d for _, d, t in CURVES)}")
+        curves_spec += [(*c, alt if c[1] in ("mix-s1", "mix-s0") else lambdas) for c in found
+                        if c not in [x[:3] for x in curves_spec]]
+    measure_order = list(curves_spec)  # as asked; the table and plot go in CURVES' order
+    curves_spec.sort(key=lambda c: CURVES.index(c[:3]))
     cache_path = Path(args.cache) if args.cache else ROOT / "runs" / f"lambda_dial_{run.name}_{args.limit}.json"
     t0 = time.perf_counter()
-    cache = measure(run, lambdas, curves_spec, cache_path, args.limit, args.data)
+    cache = measure(run, measure_order, cache_path, args.limit, args.data)
     minutes = (time.perf_counter() - t0) / 60
     meta = cache["_meta"]
-    curves = curves_from(cache, lambdas, curves_spec)
+    curves = curves_from(cache, curves_spec)
     ref = (min(100 * r["clean_acc"] for rows in curves.values() for r in rows),
            min(100 * r[f"{ATTACK}_acc"] for rows in curves.values() for r in rows))
     summary = {label: {"pareto_useful": [r["lambda_n"] for r in rows if r["pareto_useful"]], "area": area(rows, ref)}
