@@ -45,8 +45,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import CIFAR10, FIGURES, ROOT, shown, update_section  # noqa: E402
 
-from floatedge.bundle import robust_of  # noqa: E402
-
 MODEL = "r20"
 WINDOW_S = 2.0
 VIOLATION_BAR, ORACLE_BAR, ROBUST_BAR = 0.01, 0.95, 0.10
@@ -70,12 +68,12 @@ WORSE = {"co-running job", "thermal throttling", "10W mode"}
 
 # ------------------------------------------------------------------------------------------ metrics (pure)
 def table_scores(table: Sequence[Mapping], lambda_th: float) -> dict[tuple[float, float], tuple[float, float]]:
-    """{(λn, width): (RA, CA)} from the bundle's table rows at its λ_th (RA: `robust_of`, the lowest measured)."""
+    """{(λn, width): (RA, CA)} from the bundle's table rows at its λ_th (RA: the first attack's accuracy)."""
     out = {}
     for r in table:
         if not math.isclose(float(r["lambda_th"]), lambda_th):
             continue
-        ra = robust_of(r)[0]
+        ra = next((v for k, v in r.items() if k.endswith("_acc") and k != "clean_acc"), None)
         out[(round(float(r["lambda_n"]), 6), round(float(r["width"]), 6))] = (float(ra), float(r["clean_acc"]))
     return out
 
@@ -434,7 +432,8 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="", help="comma list of policies to run (a check)")
-    ap.add_argument("--no-write", action="store_true", help="do not write docs/RESULTS.md")
+    ap.add_argument("--no-write", action="store_true",
+                    help="do not write docs/ (RESULTS.md, results/governor.json and .png go under runs/governor_bench)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t_all = time.time()
@@ -505,9 +504,10 @@ def main() -> None:
                                    "moves": floor_run["moves"]},
            "scores": {f"{k[0]:g}/{k[1]:g}": v for k, v in scores.items()},
            "profile_p50_ms_b1": {f"{k[0]:g}/{k[1]:g}": v for k, v in lam_ms.items()}}
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    (FIGURES / "governor.json").write_text(json.dumps(out, indent=1, default=str))
-    png = FIGURES / "governor.png"
+    figures = work if args.no_write else FIGURES
+    figures.mkdir(parents=True, exist_ok=True)
+    (figures / "governor.json").write_text(json.dumps(out, indent=1, default=str))
+    png = figures / "governor.png"
     if results:
         plot(results, scores, args.slo_ms, args.seconds, png)
     print(json.dumps(summary, indent=1, default=str))

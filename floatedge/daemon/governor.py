@@ -46,7 +46,14 @@ profiled watts × the ratio of measured to predicted power at the current point.
 
 **The decision.** The feasible points meet every limit with a margin (predicted ≤ bound × (1 − margin)), stay
 under the temperature ceiling (above it only points cheaper than the current one) and above the memory floor;
-among them the best by the objective wins, ties going to the faster. Hysteresis: when the budget is broken —
+among them the best by the objective wins, ties going to the faster. Latency is predicted at the slowdown's estimate
+and at its upper bound ξ_q + confidence·σ (ALERT chooses by the probability its filter's mean and variance give of
+meeting the deadline): a step up is judged at the estimate (the dwell guards it), a step down at the upper bound, so
+that one step suffices — right after an abrupt change the window still mixes the old device with a backlog that is
+building, and under CPU contention the tail grows faster than linearly with a point's cost. A device the telemetry
+announces worse is judged at the upper bound until `min_samples` requests have measured it; the re-opened filter's
+σ is about its own size, so that is a step to a point that fits three times the clock-scaled slowdown: the clock
+ratio is a lower bound on what such a change costs (the load that heats a device comes with it). Hysteresis: when the budget is broken —
 observed q-quantile over the bound at the current point, its prediction over the bound, power over the cap,
 a zone at the ceiling, free memory under the floor — the governor steps down at once to the best feasible
 point; it steps up only after the better point has been feasible for `dwell_s` without interruption, and a
@@ -61,8 +68,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
-
-from floatedge.bundle import robust_of
 
 OBJECTIVES = ("robust", "clean", "weighted")
 PRIORITIES = ("slo", "floor")
@@ -125,9 +130,10 @@ def points_from_profile(profile: Mapping[str, Any], table: Sequence[Mapping[str,
         w, lam = float(p["width"]), float(p["lambda_n"])
         row = rows.get((round(w, 6), round(lam, 6)), {})
         clean = p.get("clean_acc", row.get("clean_acc"))
-        robust = robust_of(row)[0]  # the table's lowest measured attack (floatedge.bundle.robust_of)
-        if robust is None:
-            robust = p.get("robust_acc")
+        attack = p.get("attack") or next((k[:-4] for k in row if k.endswith("_acc") and k != "clean_acc"), None)
+        robust = p.get("robust_acc")
+        if robust is None and attack:
+            robust = row.get(f"{attack}_acc")
         if table is not None and rows and (round(w, 6), round(lam, 6)) not in rows:
             raise GovernorInputError(f"the device profile has the point λn={lam:g} w={w:g}, which the bundle's table "
                                      "does not: the profile belongs to another bundle")
@@ -326,7 +332,7 @@ class Governor:
         self._up_at = -math.inf
         self._backoff = 1
         self._bias: dict[tuple, tuple[float, float]] = {}  # point → (under-prediction of a failed step up, when)
-        self._headroom: tuple[tuple[float, float], float] | None = None  # (target key, since)
+        self._fit_since: dict[tuple, float] = {}  # a point better than the current one → since when it fits
         self._dirty = True  # the budget changed: answer it at the next decision
         self.events: list[str] = []  # telemetry events seen in the last decision
         self._unmeasured: str | None = None  # the worse device the telemetry announced, until requests measure it
@@ -341,7 +347,7 @@ class Governor:
                                      f"for {', '.join(missing)}")
         self.budget = budget
         self._dirty = True
-        self._headroom = None
+        self._fit_since = {}
 
     def set_tuning(self, tuning: Tuning) -> None:
         self.tuning = tuning.check()
@@ -413,10 +419,13 @@ class Governor:
             q = self.budget.percentile / 100
             # the window's quantile (a high quantile of a few samples is biased low); its standard error, for a tail
             # of scale s ≈ (z_q − z_50) / ln(0.5 / (1 − q)), is about s / √(n·(1 − q)), n·(1−q) the samples beyond it
+            # — n counting only the requests new since the last decision: the windows of successive decisions
+            # overlap, and the filter must not hear the same request again at every (short) control period
             zq, z50 = quantile(ratios, q), quantile(ratios, 0.5)
             scale = (zq - z50) / math.log(0.5 / (1 - q))
-            self.xi_q.update(zq, (scale ** 2 + (0.02 * zq) ** 2) / max(0.25, len(ratios) * (1 - q)))
-            self.xi_50.update(z50, ((0.1 * z50) ** 2) / len(ratios))
+            n = min(n_new, len(ratios))
+            self.xi_q.update(zq, (scale ** 2 + (0.02 * zq) ** 2) / (n * (1 - q)))
+            self.xi_50.update(z50, ((0.1 * z50) ** 2) / n)
         return len(fresh)
 
     # -------------------------------------------------------------------- predicting
@@ -484,7 +493,7 @@ class Governor:
         if self.events:  # what finished before the change shows the old device: the filters start from the prior
             self._seen = max([self._seen, *(r.done for r in obs.requests)])
             self._since = self._switched_at = obs.now  # and the observed percentile restarts
-            self._headroom = None  # headroom seen on the old device does not count
+            self._fit_since = {}  # headroom seen on the old device does not count
             self._backoff, self._bias = 1, {}  # nor do failed probes
             self._unmeasured = "; ".join(self.events) if worse else None
         self._fold(obs)
@@ -648,7 +657,7 @@ class Governor:
                                                     f"{self._fmt(pred[target.key])}, {self._fmt(upper[target.key])} "
                                                     f"at the slowdown's upper bound){tail}", detail)
         if here:
-            self._headroom = None
+            self._fit_since = {}
             if self._dirty:
                 self._dirty = False
             if obs.now - self._up_at > 4 * tun.dwell_s * self._backoff:
@@ -658,6 +667,7 @@ class Governor:
             return Choice(cur.lambda_n, cur.width, False, limit, why + tail, detail)
         better = cur is None or self._rank(target, pred) > self._rank(cur, pred)
         if not better:
+            self._fit_since = {}
             # the current point holds (not broken) but is not the best feasible: stay unless the operator asked
             if self._dirty:
                 self._dirty = False
@@ -671,24 +681,36 @@ class Governor:
             self._dirty = False
             return self._switch(obs, target, "objective", f"budget changed: → {target.label()} (predicted "
                                                           f"{self._fmt(pred[target.key])}){tail}", detail)
-        if self._headroom is None or self._headroom[0] != target.key:
-            self._headroom = (target.key, obs.now)
-        since = obs.now - self._headroom[1]
+        # the dwell, per point: each better point must have fitted without interruption for it (a target that
+        # flips between two better points, as estimates near a border do, restarts neither's clock)
+        ups = [p for p in self.points if fits(p) and (cur is None or self._rank(p, pred) > self._rank(cur, pred))]
+        self._fit_since = {p.key: self._fit_since.get(p.key, obs.now) for p in ups}
         dwell = tun.dwell_s * self._backoff
+        # a dearer point fitting means a cheaper one would have too: each clock runs from the earliest of its own and
+        # those of the dearer points (so two λn of one width, a hair apart in profiled cost, share one)
+        b = win["batch"]
+        since_at = {p.key: min(self._fit_since[q.key] for q in ups if q.compute_ms(b) >= p.compute_ms(b)) for p in ups}
+        held = [p for p in ups if obs.now - since_at[p.key] + 1e-9 >= dwell]
+        if held:
+            target = self._best(held, pred)
+        since = obs.now - since_at[target.key]
         detail["headroom_s"] = round(since, 3)
-        if since + 1e-9 >= dwell:
+        if held:
             self._up_at = obs.now
-            return self._switch(obs, target, "headroom", f"headroom for {since:.1f} s ≥ dwell {dwell:g} s: → "
-                                                         f"{target.label()} (predicted {self._fmt(pred[target.key])}, "
-                                                         f"{self._fmt(upper[target.key])} at the slowdown's upper "
-                                                         f"bound, against {self._bound_text()}){tail}", detail)
+            keep = {p.key: self._fit_since[p.key] for p in ups if self._rank(p, pred) > self._rank(target, pred)}
+            up = self._switch(obs, target, "headroom", f"headroom for {since:.1f} s ≥ dwell {dwell:g} s: → "
+                                                       f"{target.label()} (predicted {self._fmt(pred[target.key])}, "
+                                                       f"{self._fmt(upper[target.key])} at the slowdown's upper "
+                                                       f"bound, against {self._bound_text()}){tail}", detail)
+            self._fit_since = keep  # a better point's clock runs on through a step up to a lesser one
+            return up
         return Choice(cur.lambda_n, cur.width, False, "headroom", f"{target.label()} fits (predicted "
                       f"{self._fmt(pred[target.key])}) for {since:.1f} s of the {dwell:g} s dwell{tail}", detail)
 
     # -------------------------------------------------------------------- helpers
     def _switch(self, obs: Observation, target: PointCost, limit: str, reason: str, detail: dict) -> Choice:
         self._switched_at = obs.now
-        self._headroom = None
+        self._fit_since = {}
         self._dirty = False
         return Choice(target.lambda_n, target.width, True, limit, reason, detail)
 
