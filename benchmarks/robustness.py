@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import FIGURES, ROOT, machine, update_section
+from _results import FIGURES, ROOT, machine, shown_args, update_section
 from tqdm import tqdm
 
 from floatedge.bundle import robust_of, sha256_file
@@ -275,7 +275,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     body = f"""## Robustness under a stronger attacker (issue 14)
 
-Written by `python benchmarks/robustness.py{' --quick' if args.quick else ''}{f' --limit {limit}' if args.limit else ''}`.
+Written by `python benchmarks/robustness.py {shown_args(sys.argv[1:])}`.
 Scale: {scale}. Evaluation on {limit} test images (seeded subset {args.seed}), L∞ ε = 8/255. Machine: {machine()}
 (2 vCPU, shared with a training queue; load average {load:.1f} at the end). Compute: {spent / 60:.0f} min over all
 pieces ({wall / 60:.0f} min this invocation). Every figure is one `floatedge eval` piece, cached under the run's
