@@ -494,9 +494,10 @@ class Bundle:
         return op.with_dial(self.dial)  # the bundle's dial filled in; a point naming another is refused
 
     def table(self) -> list[dict]:
-        """The operating-point table (CA/RA per λ_n × width), empty if exported without `--eval`."""
+        """The operating-point table (CA/RA per λ_n × width), empty if exported without `--eval`. Every row carries
+        `robust_acc` / `robust_attack` as `robust_of` reads it (also a row of a bundle written before those fields)."""
         ops = self.manifest.get("operating_points")
-        return list(ops["rows"]) if ops else []
+        return [with_robust(r) for r in ops["rows"]] if ops else []
 
     def lookup(self, op: OperatingPoint) -> dict | None:
         """The table row measured for `op`, matched on what it computes (noise scale, BN set, width), so

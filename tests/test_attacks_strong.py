@@ -169,6 +169,20 @@ def test_export_table_names_the_strongest_attack_also_from_an_old_eval(float_run
     assert bad.exit_code != 0 and "checkpoint_sha256" in bad.output and not (tmp_path / "x.febundle").exists()
 
 
+def test_a_bundle_written_before_robust_acc_reports_its_lowest_attack(tmp_path):
+    from test_bundle import FILES, _manifest
+
+    from floatedge.bundle import write_bundle
+
+    m = _manifest()
+    m["operating_points"]["attacks"]["apgd-ce-t"] = "APGD-CE + APGD-T"
+    m["operating_points"]["rows"][0]["apgd-ce-t_acc"] = 0.2  # below PGD-20's 0.3; no robust_acc in the rows
+    b = open_bundle(write_bundle(tmp_path / "old.febundle", m, FILES))
+    row = b.lookup(b.operating_point(1.0, 1.0))  # what the server reports at the point (GET status, metrics)
+    assert (row["robust_acc"], row["robust_attack"], row["pgd20_acc"]) == (0.2, "apgd-ce-t", 0.3)
+    assert [(r["robust_acc"], r["robust_attack"]) for r in b.table()] == [(0.2, "apgd-ce-t"), (0.1, "pgd20")]
+
+
 # ------------------------------------------------------------------------------------------ the readers
 ROW = {"lambda_n": 1.0, "width": 1.0, "lambda_th": 0.5, "clean_acc": 0.7, "pgd20_acc": 0.4, "apgd-ce-t_acc": 0.3}
 
