@@ -6,6 +6,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -318,3 +319,32 @@ def test_governor_policy_behind_the_server_interface():
         p.set_params({"objective": "fast"})
     p.set_params({"floor": 0.7, "objective": "clean"})
     assert p.gov.budget.floor == 0.7 and p.params()["objective"] == "clean"
+
+
+def test_the_policy_hands_the_governor_each_request_once_and_decides_as_the_pure_governor():
+    """The server passes a minute of requests at every period; the policy passes on only the new ones, and its
+    decisions are the pure governor's fed each request once."""
+    rng = np.random.default_rng(3)
+    pol = make_policy("governor", {"latency_ms": 25.0, "dwell_s": 2.0})
+    pol.attach(synthetic_points())
+    pure = Governor(synthetic_points(), Budget(latency_ms=25.0), Tuning(dwell_s=2.0))
+    point, log, seen, widths = (1.0, 1.0), [], 0.0, []
+    for k in range(1, 201):
+        now = 0.1 * k
+        slow = 3.0 if 8.0 <= now < 12.0 else 1.0
+        while seen < now:
+            seen += rng.exponential(1 / 60)
+            ms = WIDTH_MS[point[1]] * slow * rng.lognormal(0, 0.2)
+            log.append((seen, ms / 1e3 + 0.001, ms / 1e3, point[0], point[1], 1))
+        done = [r for r in log if r[0] <= now]
+        d = pol.decide(ctx(point, [r for r in done if r[0] > now - 60], now=now))
+        c = pure.decide(Observation(now, point[0], point[1], tuple(Request(*r) for r in done if r[0] > now - 0.1 - 1e-9),
+                                    None, 2))
+        moved = d is not None and d.width is not None
+        assert moved == c.switch, (now, d, c)
+        if c.switch:
+            assert (d.lambda_n, d.width) == (c.lambda_n, c.width)
+            point = (c.lambda_n, c.width)
+            widths.append(point[1])
+    assert min(widths) < 1.0 and widths[-1] == 1.0, widths  # down in the slow spell, back after it
+    assert pol.gov.status["slowdown"] == pure.status["slowdown"]
