@@ -40,7 +40,7 @@ def table_lines(ops: dict | None) -> list[str]:
     if not ops:
         return ["operating points: none recorded (export with --eval FILE)"]
     attacks = list(ops["attacks"])
-    described = ", ".join(f"{a}: {d}" for a, d in ops["attacks"].items())
+    described = "; ".join(f"{a}: {d}" for a, d in ops["attacks"].items())
     head = ["width", "λ_th", "λ_n", "s", "BN", "CA %"] + [f"{a} RA %" for a in attacks] + ["RA % reported", "by"]
     rows = []
     for r in ops["rows"]:
