@@ -28,7 +28,7 @@ from floatedge.fsutil import atomic_write_json, update_markdown_section
 from floatedge.oppoint import BN_ADV, BN_CLEAN, OperatingPoint
 from floatedge.train.attacks import eval_mode, pgd
 from floatedge.train.data import load_dataset, to_float
-from floatedge.train.layers import NoisyConv2d, NoisyLinear
+from floatedge.train.layers import ALPHA_INIT, NoisyConv2d, NoisyLinear
 from floatedge.train.trainer import (
     Dist,
     Objective,
@@ -87,13 +87,12 @@ def summarise_epoch(e: dict) -> dict:
     ls = list(e["layers"].values())
     mean = lambda k: sum(v[k] for v in ls) / len(ls)  # noqa: E731
     return {"alpha_mean": mean("alpha"), "alpha_min": min(v["alpha"] for v in ls), "alpha_max": max(v["alpha"] for v in ls),
-            "d_alpha_rel": mean("d_alpha") / 0.25,
-            "d_alpha_abs_rel": sum(abs(v["d_alpha"]) / (v["alpha"] - v["d_alpha"]) for v in ls) / len(ls),
+            "d_alpha_abs_rel": sum(abs(v["d_alpha"]) for v in ls) / len(ls) / ALPHA_INIT,
             "grad_abs": mean("grad_abs"), "consistency": mean("consistency"), "w_rel_move": mean("w_rel_move"),
             "lr": e["lr_alpha"], "images_per_s": e["images_per_s"], "clean": e["train_clean_acc"], "adv": e["train_adv_acc"]}
 
 
-ALPHA_HEAD = ("| noise | epoch | α's lr | α mean (min–max) | mean \\|Δα\\|/α₀ this epoch | weight moved ‖ΔW‖/‖W‖ "
+ALPHA_HEAD = ("| noise | epoch | α's lr | α mean (min–max) | mean \\|Δα\\| this epoch / 0.25 | weight moved ‖ΔW‖/‖W‖ "
               "| mean \\|∂L/∂α\\| | sign consistency | train clean / adv % | img/s |")
 
 
@@ -140,7 +139,10 @@ def fresh_noise(model: torch.nn.Module, seed: int) -> Iterator[None]:
     g = torch.Generator().manual_seed(seed)
     layers = [m for m in model.modules() if isinstance(m, (NoisyConv2d, NoisyLinear)) and m.noisy]
     saved = [m.z.clone() for m in layers]
-    hooks = [m.register_forward_pre_hook(lambda m, _inp: m.z.normal_(generator=g)) for m in layers]
+    def redraw(m: torch.nn.Module, _inputs: tuple) -> None:
+        m.z.normal_(generator=g)
+
+    hooks = [m.register_forward_pre_hook(redraw) for m in layers]
     try:
         yield
     finally:
@@ -346,8 +348,10 @@ def main() -> None:
     c = sub.add_parser("cost")
     c.add_argument("--rounds", type=int, default=6)
     c.add_argument("--batch-size", type=int, default=128)
-    for p in (a, d, v, c):
+    for p in (a, v, c):
         p.add_argument("--data", default=str(CIFAR10))
+    d.add_argument("--data", default=None, help="[default: the run's recorded data]")
+    for p in (a, d, v, c):
         p.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -76,7 +76,6 @@ def test_interior_step_trains_alpha_and_both_bn_sets_but_keeps_end_statistics():
         torch.testing.assert_close(clean.running_var, r.bns[0][0].running_var)
         assert torch.equal(adv.running_mean, torch.zeros_like(adv.running_mean))  # the blend left BN_A's alone
         assert torch.equal(adv.running_var, torch.ones_like(adv.running_var))
-        assert adv.momentum == clean.momentum == 0.1  # restored
         assert clean.weight.grad.abs().sum() > 0 and adv.weight.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs() > 0 for n, p in model.named_parameters() if n.endswith(".alpha"))
 
@@ -93,3 +92,23 @@ def test_a_mix_run_records_its_dial_and_trains(tmp_path, synthetic):
 def test_bad_training_dial(kw, msg):
     with pytest.raises(TrainError, match=msg):
         _cfg(**kw)
+
+
+def test_a_training_blend_is_the_literal_blend_and_leaves_running_statistics():
+    """In training mode (1−t)·BN_C(x) + t·BN_A(x), both normalising with the batch's statistics, computed as one
+    normalisation with the blended γ, β; neither set's running statistics move."""
+    torch.manual_seed(0)
+    bn = DualBatchNorm2d([5]).train()
+    for m in bn.bns[0]:
+        m.weight.data.uniform_(0.5, 1.5)
+        m.bias.data.normal_()
+    ref = copy.deepcopy(bn)
+    x = torch.randn(6, 5, 3, 3) * 3 + 1
+    bn.bn = 0.3
+    got = bn(x)
+    clean, adv = ref.bns[0]
+    torch.testing.assert_close(got, 0.7 * clean(x) + 0.3 * adv(x))
+    for m in bn.bns[0]:
+        assert torch.equal(m.running_mean, torch.zeros(5)) and torch.equal(m.running_var, torch.ones(5))
+    got.sum().backward()
+    assert all(m.weight.grad.abs().sum() > 0 for m in bn.bns[0])

@@ -135,12 +135,11 @@ def float_loss(o: Objective, x: torch.Tensor, y: torch.Tensor, width: float, g: 
     m, h, lam = o.model, x.shape[0] // 2, o.train_lambda(x, g)
     o.set_point(0.0, width)
     out_c = m(x[:h])
-    mixed = o.set_point(lam, width)
-    with frozen_bn_statistics(m, mixed):
-        out_a = m(o.attack(x[h:], y[h:], g))
-        loss_a = F.cross_entropy(out_a, y[h:])
-        if lam < 1.0:
-            loss_a = lam * loss_a + (1 - lam) * F.cross_entropy(m(x[h:]), y[h:])
+    o.set_point(lam, width)  # a blend of BN_C and BN_A leaves both sets' running statistics alone (DualBatchNorm2d)
+    out_a = m(o.attack(x[h:], y[h:], g))
+    loss_a = F.cross_entropy(out_a, y[h:])
+    if lam < 1.0:
+        loss_a = lam * loss_a + (1 - lam) * F.cross_entropy(m(x[h:]), y[h:])
     loss = 0.5 * F.cross_entropy(out_c, y[:h]) + 0.5 * loss_a
     return BatchLoss(loss, (out_c, y[:h]), (out_a, y[h:]))
 
@@ -153,22 +152,6 @@ def sample_train_lambda(g: torch.Generator) -> float:
     half its training), else uniform on (0, 1) — the dial's interior, which FLOAT never trains."""
     u = torch.rand(2, generator=g).tolist()
     return 1.0 if u[0] < ROBUST_END_SHARE else min(max(u[1], 1e-6), 1.0 - 1e-6)
-
-
-@contextlib.contextmanager
-def frozen_bn_statistics(model: nn.Module, frozen: bool = True) -> Iterator[None]:
-    """Batch norms normalise with the batch's statistics but leave their running statistics as they are (momentum
-    0), while `frozen`: a blend of BN_C and BN_A trains both sets' affine parameters, but their statistics stay
-    those of the two ends (choice: BN_C's remain clean images' at s=0 and BN_A's PGD examples' at s=1)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen else []
-    saved = [b.momentum for b in bns]
-    for b in bns:
-        b.momentum = 0.0
-    try:
-        yield
-    finally:
-        for b, mom in zip(bns, saved, strict=True):
-            b.momentum = mom
 
 
 def oat_loss(o: Objective, x: torch.Tensor, y: torch.Tensor, width: float, g: torch.Generator) -> BatchLoss:
@@ -202,12 +185,11 @@ class Objective(nn.Module):
         self.model, self.cfg = model, cfg
         self.loss_fn = LOSSES[cfg.method]
 
-    def set_point(self, lam: float, width: float) -> bool:
+    def set_point(self, lam: float, width: float) -> None:
         """Put the model at training λ `lam` under the run's training dial (λ_th 0: λ=0 is (s=0, BN_C), λ=1 is
-        (s=1, BN_A)); True when that blends the two BN sets."""
+        (s=1, BN_A))."""
         p = OperatingPoint(lam, width, 0.0, self.cfg.train_dial)
         self.model.set_state(p.noise_scale, p.bn_weight, width)
-        return 0.0 < p.bn_weight < 1.0
 
     def train_lambda(self, x: torch.Tensor, g: torch.Generator) -> float:
         """The batch's training λ for FLOAT's second half: 1 under the switch dial (FLOAT as specified), drawn once
