@@ -67,9 +67,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, NamedTuple
-
-from floatedge.bundle import robust_of
 
 OBJECTIVES = ("robust", "clean", "weighted")
 PRIORITIES = ("slo", "floor")
@@ -94,7 +93,7 @@ class PointCost:
     power_w: float | None = None
     rss_mb: float | None = None
 
-    @property
+    @cached_property
     def key(self) -> tuple[float, float]:
         return (round(self.width, 6), round(self.lambda_n, 6))
 
@@ -132,9 +131,10 @@ def points_from_profile(profile: Mapping[str, Any], table: Sequence[Mapping[str,
         w, lam = float(p["width"]), float(p["lambda_n"])
         row = rows.get((round(w, 6), round(lam, 6)), {})
         clean = p.get("clean_acc", row.get("clean_acc"))
-        robust = robust_of(row)[0]  # the table's lowest measured attack (floatedge.bundle.robust_of)
-        if robust is None:
-            robust = p.get("robust_acc")
+        attack = p.get("attack") or next((k[:-4] for k in row if k.endswith("_acc") and k != "clean_acc"), None)
+        robust = p.get("robust_acc")
+        if robust is None and attack:
+            robust = row.get(f"{attack}_acc")
         if table is not None and rows and (round(w, 6), round(lam, 6)) not in rows:
             raise GovernorInputError(f"the device profile has the point λn={lam:g} w={w:g}, which the bundle's table "
                                      "does not: the profile belongs to another bundle")
@@ -327,6 +327,8 @@ class Governor:
         self._seen = -math.inf  # newest request already folded into the filters
         self._since = -math.inf  # requests before this (a telemetry event) no longer describe the device
         self._recent: list[Request] = []  # requests of the last window_s, any point
+        self._fixed = 0.0  # the median time outside the model call over them (ms)
+        self._cost: dict[tuple, float | None] = {}  # (width, λn, batch) as requests give them → profiled ms
         self._tele: dict[str, Any] = {}  # what the last snapshot said: mode, throttling, cores, clock
         self._throttle_scale = 1.0  # the slowdown assumed when throttling started
         self._switched_at = -math.inf
@@ -402,17 +404,17 @@ class Governor:
         fresh = [r for r in obs.requests if r.done > self._seen]
         horizon = obs.now - self.tuning.window_s
         self._recent = [r for r in self._recent if r.done >= horizon] + [r for r in fresh if r.done >= horizon]
+        self._fixed = self._fixed_ms()
         for f in (self.xi_q, self.xi_50, self.power_ratio):
             f.predict(obs.now)
         if not fresh:
             return 0
         new = max(r.done for r in fresh)
-        fixed = self._fixed_ms()
+        fixed = self._fixed
         ratios = []
         for r in self._recent if self._recent else fresh:
-            p = self.by_key.get((round(r.width, 6), round(r.lambda_n, 6)))
-            if p is not None and r.done > self._since:
-                t = p.compute_ms(r.batch)
+            t = self._cost_ms(r)
+            if t is not None and r.done > self._since:
                 ratios.append(max(r.e2e_s * 1e3 - fixed, 0.05 * t) / t)
         n_new = sum(1 for r in fresh if r.done > self._since)
         self._seen = new
@@ -428,6 +430,14 @@ class Governor:
             self.xi_q.update(zq, (scale ** 2 + (0.02 * zq) ** 2) / (n * (1 - q)))
             self.xi_50.update(z50, ((0.1 * z50) ** 2) / n)
         return len(fresh)
+
+    def _cost_ms(self, r: Request) -> float | None:
+        """The profiled latency of the point and batch `r` ran at (None: not a profiled point), looked up once."""
+        k = (r.width, r.lambda_n, r.batch)
+        if k not in self._cost:
+            p = self.by_key.get((round(r.width, 6), round(r.lambda_n, 6)))
+            self._cost[k] = None if p is None else p.compute_ms(r.batch)
+        return self._cost[k]
 
     # -------------------------------------------------------------------- predicting
     def _fixed_ms(self) -> float:
@@ -448,7 +458,7 @@ class Governor:
             arrivals = [r.done - r.e2e_s for r in recent]
             span = max(obs.now - min(arrivals), 1e-3)
             out["rate"] = len(recent) / max(span, self.tuning.window_s * 0.5)
-            out["overhead_ms"] = self._fixed_ms()
+            out["overhead_ms"] = self._fixed
             out["batch"] = sum(r.batch for r in recent) / len(recent)
             service = quantile([r.service_s for r in recent], 0.5)
             out["utilisation"] = out["rate"] * service / max(1, obs.servers)
