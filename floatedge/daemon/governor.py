@@ -53,12 +53,13 @@ that one step suffices — right after an abrupt change the window still mixes t
 building, and under CPU contention the tail grows faster than linearly with a point's cost. A device the telemetry
 announces worse is judged at the upper bound until `min_samples` requests have measured it; the re-opened filter's
 σ is about its own size, so that is a step to a point that fits three times the clock-scaled slowdown: the clock
-ratio is a lower bound on what such a change costs (the load that heats a device comes with it). Hysteresis: when the budget is broken —
-observed q-quantile over the bound at the current point, its prediction over the bound, power over the cap,
-a zone at the ceiling, free memory under the floor — the governor steps down at once to the best feasible
-point; it steps up only after the better point has been feasible for `dwell_s` without interruption, and a
-step up that has to be undone within a dwell doubles the next dwell (up to ×16), so a border case cannot make
-it oscillate. Changes the operator makes (budget, floor, objective) are answered at the next decision. A budget
+ratio is a lower bound on what such a change costs (the load that heats a device comes with it).
+Hysteresis: when the budget is broken — observed q-quantile over the bound at the current point, its prediction
+over the bound, power over the cap, a zone at the ceiling, free memory under the floor — the governor steps down at
+once to the best feasible point; it steps up only after the better point has been feasible for `dwell_s` without
+interruption (a clock per point, running from the earliest start of its own and the dearer points'), and a step
+up that has to be undone within a dwell doubles the next dwell (up to ×16), so a border case cannot make it
+oscillate. Changes the operator makes (budget, floor, objective) are answered at the next decision. A budget
 no point meets is reported (`violation`) and the fastest point served, and the governor stays there until a
 better one fits. Every choice carries its reason: the limit, predicted and observed figures.
 """
