@@ -116,7 +116,7 @@ def cmd_alpha(args: argparse.Namespace) -> None:
                         f"| {s['consistency']:.2f} | {100 * s['clean']:.1f} / {100 * s['adv']:.1f} | {s['images_per_s']:.0f} |")
     last = results[next(iter(results))][-1]["layers"]
     per_layer = " · ".join(f"{n.replace('.', '')}: {v['alpha']:.3f}" for n, v in last.items())
-    write_section("alpha", f"""## How α learns (measured)
+    write_section("alpha", f"""### How α learns (measured)
 
 `python benchmarks/lambda_why.py alpha --limit-train {args.limit_train} --epochs {args.epochs}`: FLOAT ResNet-20,
 {args.limit_train} CIFAR-10 training images, {args.epochs} epochs, seed {args.seed}, lr 0.1 cosine, batch 128; α gradient recorded
@@ -219,7 +219,7 @@ def cmd_dial(args: argparse.Namespace) -> None:
     log = [json.loads(ln) for ln in (Path(args.run) / "log.jsonl").read_text().splitlines() if ln.strip()]
     run = Path(args.run).resolve()
     shown_run = run.relative_to(ROOT) if run.is_relative_to(ROOT) else args.run
-    write_section(f"dial-{name}", f"""## What s does, and what fresh noise at evaluation would add: `{name}`
+    write_section(f"dial-{name}", f"""### What s does, and what fresh noise at evaluation would add: `{name}`
 
 `python benchmarks/lambda_why.py dial {shown_run} {shown_args(argv)}`:
 {cfg.method.upper()} {cfg.arch} at width {model.widths[0]:g} ({cfg.noise_mode} noise, {ckpt['epoch']} epochs on
@@ -271,7 +271,7 @@ def cmd_variant(args: argparse.Namespace) -> None:
             lines.append(f"| `{train_dial}` | {d} | {cells} |")
     head = " | ".join(f"λ_n = {v:g}" for v in args.lambdas)
     size = f"{args.limit_train}x{args.epochs}"
-    write_section(f"variant-{size}", f"""## The variant on a slice: {args.limit_train} images × {args.epochs} epochs
+    write_section(f"variant-{size}", f"""### The variant on a slice: {args.limit_train} images × {args.epochs} epochs
 
 `python benchmarks/lambda_why.py variant --limit-train {args.limit_train} --epochs {args.epochs}`: FLOAT ResNet-20 trained
 with `--train-dial switch` (the paper) and `--train-dial mix` (the variant), same seed and data; each evaluated under
@@ -322,7 +322,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
     atomic_write_json(OUT / "cost.json", {"times": times, "median": med, "best": best})
     variant_row = (f"| **variant (half the batches at λ = 1)** | {mix:.3f} | **{mix / med['float']:.2f}×** | {mix_best:.3f} "
                    f"| **{mix_best / best['float']:.2f}×** | {ips(mix_best):.0f} |")
-    write_section("cost", f"""## What the variant costs per step
+    write_section("cost", f"""### What the variant costs per step
 
 `python benchmarks/lambda_why.py cost --rounds {args.rounds}`: ResNet-20, CIFAR-10 batches of {args.batch_size}, one
 optimiser step (forward, PGD-7, backward) of each setup in turn on the same batch, {args.rounds} rounds, median of
