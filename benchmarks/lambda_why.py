@@ -223,7 +223,7 @@ def cmd_dial(args: argparse.Namespace) -> None:
 
 `python benchmarks/lambda_why.py dial {shown_run} {shown_args(argv)}`:
 {cfg.method.upper()} {cfg.arch} at width {model.widths[0]:g} ({cfg.noise_mode} noise, {ckpt['epoch']} epochs on
-{n_train} {cfg.dataset} images, α mean after training {log[-1]['alpha_mean']:.3f}), {len(x)} test images (seeded
+{n_train} {cfg.dataset} images, α mean after training {log[-1]['alpha_mean']:.3f}), {record["n_images"]} test images (seeded
 subset), CA / PGD-20 RA % (ε = {cfg.eps:.4g} = {cfg.eps * 255:.3g}/255, step ε/4, random start). `recorded draw`: the deployed
 model (z fixed). `fresh draw`: PNI's evaluation, a new z at every forward, so each of PGD's 20 steps and the
 final forward see different weights. `fresh + EOT`: the same with every PGD step following the gradient averaged
