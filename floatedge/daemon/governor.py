@@ -71,6 +71,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, NamedTuple
 
+from floatedge.bundle import robust_of
+
 OBJECTIVES = ("robust", "clean", "weighted")
 PRIORITIES = ("slo", "floor")
 MAX_BACKOFF = 16
@@ -132,10 +134,9 @@ def points_from_profile(profile: Mapping[str, Any], table: Sequence[Mapping[str,
         w, lam = float(p["width"]), float(p["lambda_n"])
         row = rows.get((round(w, 6), round(lam, 6)), {})
         clean = p.get("clean_acc", row.get("clean_acc"))
-        attack = p.get("attack") or next((k[:-4] for k in row if k.endswith("_acc") and k != "clean_acc"), None)
-        robust = p.get("robust_acc")
-        if robust is None and attack:
-            robust = row.get(f"{attack}_acc")
+        robust = robust_of(row)[0]  # the table's lowest measured attack (floatedge.bundle.robust_of)
+        if robust is None:
+            robust = p.get("robust_acc")
         if table is not None and rows and (round(w, 6), round(lam, 6)) not in rows:
             raise GovernorInputError(f"the device profile has the point λn={lam:g} w={w:g}, which the bundle's table "
                                      "does not: the profile belongs to another bundle")
