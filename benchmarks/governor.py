@@ -166,6 +166,27 @@ def beats(g: Mapping, lad: Mapping) -> bool:
            (g["ra"] > lad["ra"] and g["violation_rate"] <= lad["violation_rate"])
 
 
+
+def parse_fractions(text: str) -> list[float]:
+    """`--ladder-sweep` 0.35,0.25,0.15 → [0.35, 0.25, 0.15]; each a share of the server's bound in (0, 2]."""
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--ladder-sweep: not a comma list of numbers: {text!r}") from None
+    bad = [f for f in out if not 0 < f <= 2]
+    if not out or bad:
+        raise ValueError(f"--ladder-sweep: each fraction must lie in (0, 2], got {text!r}")
+    return out
+
+
+def frontier(g: Mapping, ladders: Mapping[str, Mapping]) -> dict:
+    """The governor against each ladder setting by `beats`, and the settings that dominate it (violations ≤ the
+    governor's and RA ≥ its): none means the governor lies on or above the ladder's frontier."""
+    return {"beats": {k: beats(g, v) for k, v in ladders.items()},
+            "dominating": [k for k, v in ladders.items()
+                           if v["violation_rate"] <= g["violation_rate"] and v["ra"] >= g["ra"]]}
+
+
 # ------------------------------------------------------------------------------------------ the bundle
 def run(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "floatedge", *args], check=True, **kw)
@@ -434,9 +455,22 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="", help="comma list of policies to run (a check)")
+    ap.add_argument("--ladder-sweep", default="", metavar="FRACTIONS",
+                    help="run only the ladder, its mean held to each fraction of the server's bound (e.g. 0.35,0.25,0.15), "
+                         "and compare it with the governor of the committed full run (docs/results/governor.json)")
     ap.add_argument("--no-write", action="store_true",
                     help="do not write docs/ (RESULTS.md, results/governor.json and .png go under runs/governor_bench)")
     args = ap.parse_args()
+    sweep = committed = None
+    if args.ladder_sweep:
+        try:
+            sweep = parse_fractions(args.ladder_sweep)
+            committed = json.loads((FIGURES / "governor.json").read_text())
+        except (ValueError, OSError) as exc:
+            ap.error(str(exc))
+        same = {k: committed["settings"][k] for k in ("seconds", "rate", "batch", "slo_ms", "server_ms", "seed")}
+        if not args.no_write and same != {k: vars(args)[k] for k in same}:
+            ap.error(f"--ladder-sweep compares with the full run in docs/results/governor.json: run it with its settings {same}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t_all = time.time()
     runs = ROOT / "runs"
@@ -451,6 +485,9 @@ def main() -> None:
     robust, fast, mid = (1.0, max(b.widths)), best[min(b.widths)], best[sorted(b.widths)[1]]
     server_ms = args.server_ms or args.slo_ms
     work = runs / "governor_bench"
+    if sweep:
+        ladder_sweep(args, bundle, scores, robust, server_ms, work, sweep, committed)
+        return
     gov = {"latency_ms": server_ms, "dwell_s": 5.0, "window_s": 2.0}
     plan = {
         "static most-robust": ("static", robust, {"lambda_n": robust[0], "width": robust[1]}, None),
@@ -596,6 +633,76 @@ def report(out: dict, results: dict, png: Path, args, bundle: Path) -> str:
                          f"({c['limit']}): {c['reason']}")
         lines.append("")
     lines += [f"![governor benchmark](results/{png.name})", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ the ladder's frontier
+LADDER_PARAMS = {"window": 20, "margin": 0.3}  # the main run's ladder, only its bound swept
+
+
+def ladder_sweep(args, bundle: Path, scores: Mapping, start: tuple[float, float], server_ms: float, work: Path,
+                 fractions: Sequence[float], committed: Mapping) -> None:
+    """The ladder alone on the trace at each fraction of the bound, against the committed run's governor."""
+    t_all, load_avg = time.time(), os.getloadavg()
+    swept: dict[str, dict] = {}
+    for f in fractions:
+        name = f"ladder, mean ≤ {f:g} × bound"
+        print(f"[governor bench] {name} …", flush=True)
+        r = play(bundle, work, f"ladder_sweep_{f:g}", "ladder", start, args, args.slo_ms,
+                 {"latency_ms": f * server_ms, **LADDER_PARAMS})
+        m = policy_metrics(r["rows"], scores, args.slo_ms)
+        swept[name] = {**m, "fraction": f, "latency_ms": f * server_ms, "switches": len(r["moves"]),
+                       "load_average": r["extra"]["load_average"], "run": "this sweep"}
+        print(f"  {json.dumps(swept[name])}", flush=True)
+    s = committed["summary"]
+    main_run = {"ladder, mean ≤ 1 × bound": {**s["ladder"], "fraction": 1.0},
+                "ladder, mean ≤ 0.5 × bound": {**s["ladder, mean ≤ half the SLO"], "fraction": 0.5}}
+    ladders = {k: {**v, "latency_ms": v["fraction"] * committed["server_ms"], "run": "full run"} for k, v in main_run.items()}
+    ladders = dict(sorted({**ladders, **swept}.items(), key=lambda kv: -kv[1]["fraction"]))
+    g = s["governor"]
+    out = {"settings": vars(args), "server_ms": server_ms, "ladder_params": LADDER_PARAMS, "load_average_start": load_avg,
+           "seconds_total": round(time.time() - t_all, 1), "governor (full run)": g, "ladders": ladders,
+           "frontier": frontier(g, ladders)}
+    figures = work if args.no_write else FIGURES
+    figures.mkdir(parents=True, exist_ok=True)
+    (figures / "governor_ladder_sweep.json").write_text(json.dumps(out, indent=1, default=str))
+    print(json.dumps(out["frontier"], indent=1))
+    if not args.no_write:
+        update_section("governor-ladder-sweep", sweep_report(out, args))
+
+
+def sweep_report(out: Mapping, args) -> str:
+    g, ladders, fr = out["governor (full run)"], out["ladders"], out["frontier"]
+    beaten = [k for k, ok in fr["beats"].items() if ok]
+    lines = ["## The governor against the ladder's frontier (issue 13)", "",
+             f"Written by `python benchmarks/governor.py --seconds {args.seconds:g} --rate {args.rate:g} --ladder-sweep "
+             f"{args.ladder_sweep}` (raw: `docs/results/governor_ladder_sweep.json`). Whole sweep "
+             f"{out['seconds_total'] / 60:.1f} min.", "",
+             "The Dynamic-OFA ladder compares the mean of its last 20 latencies with a bound; a lower bound trades its "
+             "RA for fewer tail violations. Here only the ladder runs, on the same trace, load and bundle as the "
+             "`governor` section (this machine: 2 vCPU x86, shared; load average "
+             f"{out['load_average_start'][0]:.1f} at the start), its bound set to each fraction of the server's "
+             f"{out['server_ms']:g} ms (window 20, margin 0.3 as in the main run); SLO p99 ≤ {args.slo_ms:g} ms end to "
+             "end. The governor's figures and the ladder at 1 and 0.5 × bound are read from "
+             "`docs/results/governor.json`, the committed full run, not re-run here (each run meets other jobs on "
+             "the machine). Verdict per setting: the issue's rule (`beats`: fewer violations at equal or better RA, "
+             "or more RA at equal or fewer violations).", "",
+             "| policy | bound (ms) | from | SLO violations | delivered RA | delivered CA | p99 ms | switches | "
+             "load average | governor beats it |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def row(name: str, bound: float, src: str, v: Mapping, verdict: str) -> str:
+        return (f"| {name} | {bound:g} | {src} | {_pct(v['violation_rate'])} | {100 * v['ra']:.2f} | {100 * v['ca']:.2f} | "
+                f"{v['p99_ms']:.1f} | {v['switches']} | {' → '.join(f'{x:.1f}' for x in v['load_average'])} | {verdict} |")
+
+    lines.append(row("governor", out["server_ms"], "full run", g, "—"))
+    lines += [row(k, v["latency_ms"], v["run"], v, f"**{'yes' if fr['beats'][k] else 'no'}**") for k, v in ladders.items()]
+    dom = fr["dominating"]
+    lines += ["", f"**Frontier.** The governor beats {len(beaten)} of {len(ladders)} ladder settings by the rule"
+              f"{' (' + ', '.join(beaten) + ')' if beaten else ''}; "
+              + (f"{', '.join(dom)} {'has' if len(dom) == 1 else 'have'} both violations ≤ the governor's and RA ≥ its, "
+                 "so the governor lies below the ladder's frontier there." if dom else
+                 "no ladder setting has both violations ≤ the governor's and RA ≥ its: none dominates the governor, "
+                 "which lies on or above the ladder's frontier on this trace."), ""]
     return "\n".join(lines)
 
 

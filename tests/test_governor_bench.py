@@ -10,8 +10,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from governor import (  # noqa: E402
     beats,
+    frontier,
     hindsight,
     oracle,
+    parse_fractions,
     policy_metrics,
     reaction_times,
     relabel,
@@ -78,3 +80,22 @@ def test_a_static_run_stands_for_another_lambda_of_its_width():
     assert relabel(log, other) == [(0.1, 20, 0.7, 1.0, True), (0.2, 30, 1.0, 1.0, False)]
     m = policy_metrics(relabel(log, other), {**SCORES, other: (0.5, 0.6)}, BOUND)
     assert m["ra"] == 0.5 and m["failed"] == 1
+
+
+def test_the_ladder_frontier_verdict_on_hand_made_figures():
+    g = {"violation_rate": 0.01, "ra": 0.15}
+    ladders = {"1": {"violation_rate": 0.25, "ra": 0.18},  # more RA, more violations: not beaten, not dominating
+               "0.25": {"violation_rate": 0.02, "ra": 0.15},  # beaten: more violations at equal RA
+               "0.15": {"violation_rate": 0.01, "ra": 0.14}}  # beaten: less RA at equal violations
+    fr = frontier(g, ladders)
+    assert fr["beats"] == {"1": False, "0.25": True, "0.15": True} and fr["dominating"] == []
+    ladders["0.1"] = {"violation_rate": 0.005, "ra": 0.15}  # as robust with fewer violations: dominates
+    fr = frontier(g, ladders)
+    assert not fr["beats"]["0.1"] and fr["dominating"] == ["0.1"]
+
+
+@pytest.mark.parametrize("text", ["", "0.3,x", "0,0.5", "3"])
+def test_ladder_sweep_fractions_refused(text):
+    with pytest.raises(ValueError, match="--ladder-sweep"):
+        parse_fractions(text)
+    assert parse_fractions("0.35, 0.25,0.15") == [0.35, 0.25, 0.15]
