@@ -702,7 +702,17 @@ def sweep_report(out: Mapping, args) -> str:
               + (f"{', '.join(dom)} {'has' if len(dom) == 1 else 'have'} both violations ≤ the governor's and RA ≥ its, "
                  "so the governor lies below the ladder's frontier there." if dom else
                  "no ladder setting has both violations ≤ the governor's and RA ≥ its: none dominates the governor, "
-                 "which lies on or above the ladder's frontier on this trace."), ""]
+                 "which lies on or above the ladder's frontier on this trace.")]
+    rest = [ladders[k] for k, ok in fr["beats"].items() if not ok and k not in dom]
+    if rest:
+        lines[-1] += (f" The {len(rest)} it does not beat deliver more RA ({min(100 * v['ra'] for v in rest):.2f}–"
+                      f"{max(100 * v['ra'] for v in rest):.2f}) by breaking the SLO on "
+                      f"{_pct(min(v['violation_rate'] for v in rest))}–{_pct(max(v['violation_rate'] for v in rest))} "
+                      f"of requests; no setting swept keeps violations within {_pct(VIOLATION_BAR)} (the fewest: "
+                      f"{_pct(min(v['violation_rate'] for v in ladders.values()))})."
+                      if all(v["violation_rate"] > max(VIOLATION_BAR, g["violation_rate"]) for v in ladders.values()) else
+                      f" The {len(rest)} it does not beat trade RA and violations against it differently (see the table).")
+    lines.append("")
     return "\n".join(lines)
 
 

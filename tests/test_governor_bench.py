@@ -17,6 +17,7 @@ from governor import (  # noqa: E402
     policy_metrics,
     reaction_times,
     relabel,
+    sweep_report,
     table_scores,
     windows,
 )
@@ -99,3 +100,17 @@ def test_ladder_sweep_fractions_refused(text):
     with pytest.raises(ValueError, match="--ladder-sweep"):
         parse_fractions(text)
     assert parse_fractions("0.35, 0.25,0.15") == [0.35, 0.25, 0.15]
+
+
+def test_sweep_report_states_each_verdict_and_the_frontier():
+    m = {"ca": 0.25, "p99_ms": 50.0, "switches": 3, "load_average": [1.0, 2.0]}
+    g = {**m, "violation_rate": 0.009, "ra": 0.15}
+    ladders = {"wide": {**m, "violation_rate": 0.2, "ra": 0.17, "latency_ms": 40, "run": "full run"},
+               "tight": {**m, "violation_rate": 0.03, "ra": 0.14, "latency_ms": 6, "run": "this sweep"}}
+    out = {"governor (full run)": g, "ladders": ladders, "frontier": frontier(g, ladders), "server_ms": 40,
+           "load_average_start": [1.0, 1.0, 1.0], "seconds_total": 60}
+    args = type("A", (), {"seconds": 150, "rate": 60, "ladder_sweep": "0.15", "slo_ms": 40})
+    text = sweep_report(out, args)
+    assert "| wide | 40 | full run | 20.00% | 17.00 |" in text and text.count("**no**") == 1 and text.count("**yes**") == 1
+    assert "beats 1 of 2 ladder settings by the rule (tight)" in text and "none dominates the governor" in text
+    assert "breaking the SLO on 20.00%–20.00%" in text and "(the fewest: 3.00%)" in text
