@@ -65,16 +65,18 @@ def area(rows: list[dict], ref: tuple[float, float]) -> float:
     return total
 
 
-def measure(run: Path, curves, cache_path: Path, limit: int, data: str | None) -> dict:
+def measure(run: Path, curves, cache_path: Path, limit: int, data: str | None, width: float,
+            device: str = "cpu") -> dict:
     """Every (curve, λ_n) not in the cache, one point per `evaluate` call, each written to the cache at once."""
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     meta = cache.pop("_meta", {})
     for label, dial, th, lambdas in curves:
         for lam in lambdas:
-            key = point_key(lam, 1.0, th, dial)
+            key = point_key(lam, width, th, dial)
             if key in cache:
                 continue
-            res = evaluate(run, (lam,), (th,), attacks=[ATTACK], limit=limit, data=data, progress=False, dial=dial)
+            res = evaluate(run, (lam,), (th,), (width,), attacks=[ATTACK], limit=limit, data=data, progress=False,
+                           dial=dial, device=device)
             (r,) = res["rows"]
             cache[key] = {k: r[k] for k in ("noise_scale", "bn", "clean_acc", f"{ATTACK}_acc", "seconds")}
             meta = {k: res[k] for k in ("method", "arch", "dataset", "epochs", "n_images", "subset_seed", "eps", "attacks")}
@@ -84,12 +86,12 @@ def measure(run: Path, curves, cache_path: Path, limit: int, data: str | None) -
     return {"_meta": meta, **cache}
 
 
-def curves_from(cache: dict, curves) -> dict[str, list[dict]]:
+def curves_from(cache: dict, curves, width: float) -> dict[str, list[dict]]:
     out = {}
     for label, dial, th, lambdas in curves:
         rows = []
         for lam in lambdas:
-            r = cache[point_key(lam, 1.0, th, dial)]
+            r = cache[point_key(lam, width, th, dial)]
             rows.append({"lambda_n": lam, "dial": dial, "lambda_th": th, **r})
         for r, useful in zip(rows, pareto(rows), strict=True):
             r["pareto_useful"] = useful
@@ -144,9 +146,11 @@ def main() -> None:
     ap.add_argument("--alt-lambdas", default="0,0.2,0.4,0.6,0.8,1", help="λ_n of the alternative schedules (mix-s1, mix-s0)")
     ap.add_argument("--dials", default="mix,switch@0.5,switch@0,mix-s1,mix-s0",
                     help="the curves, measured in this order: dial names, switch@λ_th for one switch curve")
+    ap.add_argument("--width", type=float, default=1.0, help="the width measured (FLOATS runs)")
     ap.add_argument("--data", default=None, help="read the test data from here, not the run's recorded path")
     ap.add_argument("--cache", default=None, help="measured rows (default runs/lambda_dial_<run name>.json)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the attacks run")
     ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/ alone")
     args = ap.parse_args()
     if args.threads:
@@ -166,10 +170,10 @@ def main() -> None:
     curves_spec.sort(key=lambda c: CURVES.index(c[:3]))
     cache_path = Path(args.cache) if args.cache else ROOT / "runs" / f"lambda_dial_{run.name}_{args.limit}.json"
     t0 = time.perf_counter()
-    cache = measure(run, measure_order, cache_path, args.limit, args.data)
+    cache = measure(run, measure_order, cache_path, args.limit, args.data, args.width, args.device)
     minutes = (time.perf_counter() - t0) / 60
     meta = cache["_meta"]
-    curves = curves_from(cache, curves_spec)
+    curves = curves_from(cache, curves_spec, args.width)
     ref = (min(100 * r["clean_acc"] for rows in curves.values() for r in rows),
            min(100 * r[f"{ATTACK}_acc"] for rows in curves.values() for r in rows))
     summary = {label: {"pareto_useful": [r["lambda_n"] for r in rows if r["pareto_useful"]], "area": area(rows, ref)}

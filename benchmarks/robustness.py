@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,37 +36,56 @@ from tqdm import tqdm
 
 from floatedge.bundle import robust_of, sha256_file
 from floatedge.fsutil import atomic_write_json
-from floatedge.oppoint import PAPER_LAMBDA_THS, PAPER_LAMBDAS, OperatingPoint
+from floatedge.oppoint import DEFAULT_DIAL, DIALS, PAPER_LAMBDA_THS, PAPER_LAMBDAS, OperatingPoint, get_dial
 from floatedge.train.evaluate import evaluate
 from floatedge.train.trainer import CHECKPOINT, TrainConfig, epochs_done, load_checkpoint
 
 FULL = ROOT / "runs" / "fullscale"
 CACHE = ROOT / "runs" / "robustness" / "cache.json"
+MIX_INTERIOR = (0.5, 0.6, 0.8, 0.9)  # where the mix dial's Pareto-useful points lie (RESULTS "λ_n as a dial")
 MASKING_BAR = 0.02  # FLOAT's AA-vs-PGD-20 gap may exceed PGD-AT's by at most this much (issue 14)
 STRONG = ("pgd20", "pgd100x5-ce", "pgd100x5-dlr", "transfer-pgd20", "transfer-pgd100", "noisefree-pgd100x5",
           "apgd-ce-t", "autoattack")
 BLACK_BOX = ("transfer-pgd20", "transfer-pgd100", "noisefree-pgd100x5")  # beating the white-box ones = masking's mark
 
 
+def end_keys(data: dict) -> dict:
+    """Pieces cached by an earlier version under a mixing dial's name at λ_n = 0 or 1, under the dial-free key that
+    point now has (both ends are one function under every dial)."""
+    return {re.sub(r"\|λn (0|1)\|λth 0\|dial [\w-]+\|", r"|λn \1|λth 0|", k): v for k, v in data.items()}
+
+
 class Bench:
     """The runs, the images, and the cache of pieces: `acc(run, λ_n, λ_th, attack)` computes a piece once."""
 
-    def __init__(self, runs: dict[str, Path], limit: int, seed: int, cache: Path, skip: set[str]) -> None:
+    def __init__(self, runs: dict[str, Path], limit: int, seed: int, cache: Path, skip: set[str],
+                 device: str = "cpu", data: str | None = None, dial: str = DEFAULT_DIAL) -> None:
         self.runs, self.limit, self.seed, self.path, self.skip = runs, limit, seed, cache, skip
+        self.device, self.dataset, self.dial = device, data, get_dial(dial)
+        # the calibrated λ_n: FLOAT's paper grid, and under a mixing dial also the upper half where its interior lies
+        self.lambdas = PAPER_LAMBDAS if not self.dial.mixes else tuple(sorted({*PAPER_LAMBDAS, *MIX_INTERIOR}))
         self.sha = {name: sha256_file(run / CHECKPOINT) for name, run in runs.items()}
         self.cfg = {name: TrainConfig.from_dict(load_checkpoint(run)["config"]) for name, run in runs.items()}
-        self.data = json.loads(cache.read_text()) if cache.exists() else {}
+        self.data = end_keys(json.loads(cache.read_text())) if cache.exists() else {}
         self.todo: list[tuple] = []
         self.bar: tqdm | None = None
 
     def key(self, name: str, lam: float, th: float, attack: str) -> str:
         src = f"|src {self.sha['pgdat'][:16]}" if attack.startswith("transfer") else ""
-        return f"{name} {self.sha[name][:16]}|λn {lam:g}|λth {th:g}|{attack}{src}|n {self.limit}|seed {self.seed}"
+        # FLOAT's interior points under a mixing dial carry its name; switch points keep the keys they always had, and
+        # so do the ends λ_n = 0 and 1, which are the same function under every dial (measured once for all)
+        interior = 0.0 < lam < 1.0
+        dial = (f"|dial {self.dial.name}" if self.dial.mixes and interior and self.cfg[name].method in ("float", "floats")
+                else "")
+        return (f"{name} {self.sha[name][:16]}|λn {lam:g}|λth {th:g}{dial}|{attack}{src}|n {self.limit}"
+                f"|seed {self.seed}")
 
     def point(self, name: str, lam: float, th: float) -> tuple[float, float]:
-        """The point's name in this model's terms: PGD-AT has one point (reported as λ_n 0), OAT no λ_th."""
+        """The point's name in this model's terms: PGD-AT has one point (reported as λ_n 0), OAT and a mixing dial no
+        λ_th."""
         method = self.cfg[name].method
-        return (0.0, 0.0) if method in ("pgdat", "standard") else (lam, 0.0 if method in ("oat", "oats") else th)
+        no_th = method in ("oat", "oats") or self.dial.mixes
+        return (0.0, 0.0) if method in ("pgdat", "standard") else (lam, 0.0 if no_th else th)
 
     def get(self, name: str, lam: float, th: float, attack: str) -> dict | None:
         """A computed piece, or None when it is not computed (yet, or skipped)."""
@@ -89,8 +109,8 @@ class Bench:
                 bar.set_description(f"{attack} on {name} at λn={lam:g} λth={th:g}")
                 t0 = time.perf_counter()
                 res = evaluate(self.runs[name], lambdas=(lam,), lambda_ths=(th,), widths=(1.0,), attacks=[attack],
-                               limit=self.limit, seed=self.seed, progress=False,
-                               transfer_from=self.runs.get("pgdat") if attack.startswith("transfer") else None)
+                               limit=self.limit, seed=self.seed, progress=False, device=self.device,
+                               data=self.dataset, dial=self.dial.name, transfer_from=self.runs.get("pgdat") if attack.startswith("transfer") else None)
                 if res["checkpoint_sha256"] != self.sha[name]:
                     sys.exit(f"{self.runs[name]}: the checkpoint changed during the benchmark (still training?)")
                 (row,) = res["rows"]
@@ -122,9 +142,9 @@ def calibrated(bench: Bench, name: str) -> list[tuple[float, float]]:
         return []
     seen, out = set(), []
     for th in PAPER_LAMBDA_THS:
-        for lam in PAPER_LAMBDAS:
+        for lam in bench.lambdas:
             p = bench.point(name, lam, th)
-            key = OperatingPoint(p[0], 1.0, p[1]).effective()
+            key = OperatingPoint(p[0], 1.0, p[1], bench.dial.name).effective()
             if key not in seen:
                 seen.add(key)
                 out.append(p)
@@ -231,6 +251,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="16 images and no AutoAttack standard: a check in seconds")
     ap.add_argument("--skip", default="", help="comma-separated attacks not to run now (e.g. autoattack)")
+    ap.add_argument("--dial", default=DEFAULT_DIAL, choices=list(DIALS),
+                    help="the dial FLOAT's points are measured under (what `floatedge export` deploys by default)")
+    ap.add_argument("--lambdas", default=None, help="comma-separated: the calibrated λ_n to measure now [default: "
+                                                     "the paper's grid, plus 0.5–0.9 under a mixing dial]")
+    ap.add_argument("--only", default="", help="comma-separated: run only these attacks now (the rest as --skip)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the attacks run (the figures are the same "
+                                                     "model's; a GPU only makes AutoAttack minutes instead of hours)")
+    ap.add_argument("--data", default=None, help="read the test data from here, not the runs' recorded path")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default=str(CACHE))
     ap.add_argument("--write", action="store_true", help="write docs/RESULTS.md even below 500 images or with --quick")
@@ -239,6 +267,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     limit = args.limit or (16 if args.quick else 500)
     skip = {a for a in args.skip.split(",") if a} | ({"autoattack"} if args.quick else set())
+    if args.only:
+        skip |= set(STRONG) - set(args.only.split(","))
     runs = {}
     for name, path in (("float", args.float_run), ("pgdat", args.pgdat_run), ("oat", args.oat_run)):
         p = Path(path)
@@ -253,7 +283,9 @@ def main() -> None:
                 continue
             sys.exit(f"{p}: epoch {done} of {total}, still training? (--unfinished measures it as it is)")
         runs[name] = p
-    bench = Bench(runs, limit, args.seed, Path(args.cache), skip)
+    bench = Bench(runs, limit, args.seed, Path(args.cache), skip, args.device, args.data, args.dial)
+    if args.lambdas:
+        bench.lambdas = tuple(float(v) for v in args.lambdas.split(","))
     plan(bench)
     t0 = time.perf_counter()
     print(f"{len(bench.todo)} pieces to compute ({len(bench.data)} in {args.cache}), {limit} images, "
@@ -276,7 +308,7 @@ def main() -> None:
     body = f"""## Robustness under a stronger attacker (issue 14)
 
 Written by `python benchmarks/robustness.py {shown_args(sys.argv[1:])}`.
-Scale: {scale}. Evaluation on {limit} test images (seeded subset {args.seed}), L∞ ε = 8/255. Machine: {machine()}
+Scale: {scale}. FLOAT's points under the `{bench.dial.name}` dial. Evaluation on {limit} test images (seeded subset {args.seed}), L∞ ε = 8/255. Machine: {machine()}
 (2 vCPU, shared with a training queue; load average {load:.1f} at the end). Compute: {spent / 60:.0f} min over all
 pieces ({wall / 60:.0f} min this invocation). Every figure is one `floatedge eval` piece, cached under the run's
 checkpoint sha256; it evaluates the weights, α and recorded noise draw `floatedge export` writes (the eval result

@@ -224,7 +224,7 @@ def test_train_then_eval_on_a_tiny_run(tmp_path):
     result = run_cli("eval", out, "--limit", "8", "--attacks", "fgsm", "--lambdas", "1", "--quiet")
     assert_one_line_error(result, f"{out / 'eval.json'} exists", "--out FILE", "--force")
     assert (out / "eval.json").read_bytes() == first
-    result = run_cli("eval", out, "--limit", "8", "--attacks", "fgsm", "--lambdas", "1", "--quiet", "--force")
+    result = run_cli("eval", out, "--limit", "8", "--attacks", "fgsm", "--lambdas", "1", "--quiet", "--force", "--dial", "switch")
     assert result.exit_code == 0 and len(json.loads((out / "eval.json").read_text())["rows"]) == 2 * 2 * 1  # widths × λ_th × λ_n
     # and resume to a longer schedule continues from epoch 1
     result = run_cli("train", *TINY, "--dataset", "synthetic", "--method", "floats", "--widths", "1,0.5", "--out", out,

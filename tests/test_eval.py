@@ -30,7 +30,7 @@ def count_attacks(monkeypatch):
 
 
 def test_float_grid_dedupes_identical_points(float_run, count_attacks):
-    res = evaluate(float_run, attacks=["pgd7"], limit=32, batch_size=64, progress=False)
+    res = evaluate(float_run, attacks=["pgd7"], limit=32, batch_size=64, progress=False, dial="switch")
     rows = res["rows"]
     assert len(rows) == 8  # 2 thresholds × 4 λ_n
     # (s, BN) per row, as the paper's two tables say
@@ -81,7 +81,7 @@ def test_evaluation_is_deterministic(float_run):
 
 
 def test_save_result_writes_json_csv_png(float_run, tmp_path):
-    res = evaluate(float_run, lambdas=(0.0, 0.7, 1.0), attacks=["fgsm", "pgd7"], limit=16, progress=False)
+    res = evaluate(float_run, lambdas=(0.0, 0.7, 1.0), attacks=["fgsm", "pgd7"], limit=16, progress=False, dial="switch")
     paths = save_result(res, tmp_path / "out" / "result.json")
     assert {k: p.name for k, p in paths.items()} == {"json": "result.json", "csv": "result.csv", "png": "result.png"}
     assert json.loads(paths["json"].read_text()) == json.loads(json.dumps(res))

@@ -42,14 +42,15 @@ def one_line_error(result) -> str:
 @pytest.fixture(scope="module")
 def float_bundle(float_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fb") / "float.febundle"
-    result = cli("export", float_run, "--out", out)
+    result = cli("export", float_run, "--out", out, "--dial", "switch")
     assert result.exit_code == 0, result.output
     return out
 
 
 @pytest.fixture(scope="module")
 def floats_bundle(floats_run, tmp_path_factory) -> Path:
-    return export_bundle(floats_run, tmp_path_factory.mktemp("fsb") / "floats.febundle", eta_dtype="float32").path
+    return export_bundle(floats_run, tmp_path_factory.mktemp("fsb") / "floats.febundle", eta_dtype="float32",
+                         dial="switch").path
 
 
 @pytest.fixture

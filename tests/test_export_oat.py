@@ -208,7 +208,7 @@ def test_schema_checks_for_the_kind(oat_bundle, float_run, tmp_path):
     with pytest.raises(BundleError, match="unknown model kind 'film'"):
         open_bundle(odd)
     # FLOAT bundles are still written at version 1, and a version-1 manifest without `kind` is FLOAT
-    f = export_bundle(float_run, tmp_path / "f.febundle").path
+    f = export_bundle(float_run, tmp_path / "f.febundle", dial="switch").path
     assert open_bundle(f).schema_version == 1 and open_bundle(f).manifest["kind"] == "float"
     v1 = _rewrite(f, tmp_path / "c", lambda m: (m.pop("kind"), m.pop("film")))
     assert open_bundle(v1).kind == "float" and open_bundle(v1).film is None and verify_bundle(v1).ok

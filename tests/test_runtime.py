@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bundle(floats_run, tmp_path_factory) -> Path:
-    """A tiny FLOATS bundle, widths 1.0/0.75/0.5, λ_th 0.5, 16×16 RGB inputs."""
-    return export_bundle(floats_run, tmp_path_factory.mktemp("rtb") / "floats.febundle").path
+    """A tiny FLOATS bundle, widths 1.0/0.75/0.5, the switch dial at λ_th 0.5, 16×16 RGB inputs."""
+    return export_bundle(floats_run, tmp_path_factory.mktemp("rtb") / "floats.febundle", dial="switch").path
 
 
 @pytest.fixture(scope="module")

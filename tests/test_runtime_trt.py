@@ -31,7 +31,7 @@ from floatedge.runtime.trt.common import (
 
 @pytest.fixture(scope="module")
 def bundle(floats_run, tmp_path_factory) -> Path:
-    return export_bundle(floats_run, tmp_path_factory.mktemp("trtb") / "floats.febundle").path
+    return export_bundle(floats_run, tmp_path_factory.mktemp("trtb") / "floats.febundle", dial="switch").path
 
 
 # ------------------------------------------------------------------------------------------ version table

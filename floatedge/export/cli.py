@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from floatedge.errors import user_errors
-from floatedge.oppoint import DIALS
+from floatedge.oppoint import DEFAULT_DIAL, DIALS
 
 
 def _size(n: int | None) -> str:
@@ -63,7 +63,7 @@ def table_lines(ops: dict | None) -> list[str]:
               help="λ_th baked into every graph (default 0.5; OAT/OATS runs have none and take only 0).")
 @click.option("--dial", type=click.Choice(list(DIALS)), default=None,
               help="What λ_n does in the graphs: switch = Eq. 5 by λ_th; mix... = BN sets blended, no λ_th "
-                   "(docs/export.md). --eval must be measured under it. [default: oppoint.DEFAULT_DIAL]")
+                   f"(docs/export.md). --eval must be measured under it. [default: {DEFAULT_DIAL}]")
 @click.option("--eta-dtype", type=click.Choice(["auto", "float16", "float32"]), default="auto", show_default=True,
               help="Storage type of η; auto = float16 if ONNX Runtime still matches PyTorch within 1e-4, else float32.")
 @click.option("--acceptance", "acceptance", type=click.IntRange(min=0), default=512, show_default=True,

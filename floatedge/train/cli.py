@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from floatedge.errors import user_errors
-from floatedge.oppoint import DIALS
+from floatedge.oppoint import DEFAULT_DIAL, DIALS
 from floatedge.train import config
 
 COMMANDS: list[click.Command] = []
@@ -95,7 +95,7 @@ DEVICE = click.option("--device", type=click.Choice(config.DEVICES), default=con
 @_opt("--limit-train", field="limit_train", type=int, help="Train on a seeded random subset of N images.")
 @_opt("--seed", field="seed", type=int, help="Seeds data order, augmentation, attacks (the noise draw: seed + 1).")
 @DEVICE
-@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA (bf16 autocast where the GPU has it, else fp16 with a loss scaler).")
 @_opt("--threads", field="threads", type=int, help="torch CPU threads [default: torch's].")
 @click.option("--out", "out", type=click.Path(), required=True, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -174,7 +174,7 @@ def report_interrupt(out: str | Path, total: int, resume_command: str) -> None:
 @click.option("--lambda-ths", default="0,0.5", show_default=True, help="Comma-separated thresholds λ_th (FLOAT runs).")
 @click.option("--dial", type=click.Choice(list(DIALS)), default=None,
               help="What λ_n does (FLOAT runs): switch = Eq. 5 by λ_th; mix... = BN sets blended (no λ_th). The one "
-                   "`floatedge export --dial` deploys. [default: oppoint.DEFAULT_DIAL]")
+                   f"`floatedge export --dial` deploys. [default: {DEFAULT_DIAL}]")
 @click.option("--widths", default=None, help="Widths to evaluate [default: all trained].")
 @click.option("--attacks", default="pgd20", show_default=True,
               help="Comma-separated, any of fgsm, pgd7, pgd20, pgd100x5-ce, pgd100x5-dlr, noisefree-pgd100x5, "

@@ -243,7 +243,7 @@ def _evaluate_cached(cfg: CompareConfig, r: RunSpec, run_dir: Path, emit) -> dic
     ths = FLOAT_LAMBDA_THS if r.method in ("float", "floats") else (0.0,)
     t0 = time.perf_counter()
     res = evaluate(run_dir, lambdas, ths, None, cfg.attacks, cfg.eval_limit, cfg.data, seed=0, device=cfg.device,
-                   progress=False)
+                   progress=False, dial="switch")  # FLOAT as the paper specifies it: its two λ_th curves
     res["compare_key"] = want
     res["eval_seconds"] = time.perf_counter() - t0
     atomic_write_json(path, res)

@@ -88,6 +88,17 @@ def dataset_meta(ds: Dataset) -> dict:
             "input_shape": list(ds.input_shape), "mean": list(ds.mean), "std": list(ds.std)}
 
 
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The autocast type of a training step: None (full fp32) off CUDA or with --no-amp; bf16 on GPUs that have it
+    (Ampere and later), fp16 with a loss scaler before them. bf16 is chosen because it keeps fp32's exponent range:
+    the training attack's input gradient is that of a batch-mean loss, ~1e-7 to 1e-9 per pixel, which fp16 flushes
+    to zero (a zero gradient has sign 0, so PGD silently stops moving those pixels and trains on weaker examples).
+    bf16 needs no GradScaler."""
+    if device.type != "cuda" or not enabled:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -432,7 +443,7 @@ def build(cfg: TrainConfig, run_dir: Path, ckpt: dict | None, ds: Dataset, devic
     if dist_info.main and ckpt is not None:
         _truncate_log(run_dir / LOG, int(ckpt["epoch"]))
     return Run(cfg, run_dir, ds, meta, model, opt, sched, objective,
-               torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp), device, dist_info)
+               torch.amp.GradScaler("cuda", enabled=amp_dtype(device, cfg.amp) == torch.float16), device, dist_info)
 
 
 def load_run_data(name: str, path: str | None, recorded: bool) -> Dataset:
@@ -455,7 +466,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict:
     order = epoch_order(len(ds.x_train), cfg.seed, epoch)[run.dist.rank :: run.dist.world]
     local_batch = cfg.batch_size // run.dist.world
     steps = max(1, len(ds.x_train) // cfg.batch_size)
-    amp = device.type == "cuda" and cfg.amp
+    amp = amp_dtype(device, cfg.amp)
     resample = cfg.noise_mode == "resample" and cfg.noisy
     model.train()
     t0 = time.perf_counter()
@@ -474,7 +485,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool) -> dict:
             model.draw_noise(cfg.noise_seed * 1_000_003 + epoch * 10_007 + step + 1)
         run.opt.zero_grad(set_to_none=True)
         for w in model.widths:  # widest first; one width unless FLOATS/OATS
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 out = run.objective(x, y, w, g)
             run.scaler.scale(out.loss).backward()
             loss_sum += float(out.loss.detach()) / len(model.widths)

@@ -1,0 +1,190 @@
+"""Issue 15, item 3: FLOAT as specified, FLOAT under the chosen dial, FLOAT trained for that dial, and OAT — one
+training budget, one plot.
+
+    python benchmarks/dial_vs_oat.py --runs runs/gpu --seeds 0
+
+`--runs DIR` holds `float_s<seed>`, `floatmix_s<seed>` (`floatedge train --train-dial mix`), `oat_s<seed>` and
+`pgdat_s<seed>` (the last only names the transfer source in the cache keys), all trained on the same data, epochs and
+seed (benchmarks/gpu_fullscale.py trains them). The curves, per seed:
+
+* FLOAT as specified: the `switch` dial (Eq. 5) at λ_th = 0 and 0.5;
+* FLOAT under `mix` (oppoint.DEFAULT_DIAL), the same checkpoint, no retraining;
+* FLOAT-mix: trained with `--train-dial mix`, under `mix`;
+* OAT at the same λ.
+
+CA and PGD-20 RA on 1000 test images at λ_n ∈ {0, 0.2, 0.5, …, 0.9, 1}; APGD-CE+T (pyautoattack custom) at both
+ends and at λ_n = 0.7. Every figure is one `floatedge.train.evaluate.evaluate` piece of benchmarks/robustness.py's
+`Bench` (what `floatedge eval` runs and `floatedge export` deploys), cached under the checkpoint's sha256 in
+`--cache`; `--reuse` names other caches of the same pieces (read only), e.g. those a GPU filled. Writes the section
+`dial-vs-oat` of docs/RESULTS.md and docs/results/dial_vs_oat.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from _results import FIGURES, ROOT, shown, shown_args, update_section
+from robustness import Bench, end_keys
+
+from floatedge.train.evaluate import curve_style, place_labels, pyplot, save_png, set_span
+from floatedge.train.trainer import CHECKPOINT
+
+LAMBDAS = (0.0, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+APGD_AT = (0.0, 0.7, 1.0)
+CA_BAR, RA_BAR = 3.0, 5.0  # issue 15's Pareto-useful bar (as benchmarks/lambda_dial.py)
+# label, run role, dial, λ_th
+CURVES = (("FLOAT, switch λ_th=0 (as specified)", "float", "switch", 0.0),
+          ("FLOAT, switch λ_th=0.5 (as specified)", "float", "switch", 0.5),
+          ("FLOAT, mix dial (same checkpoint)", "float", "mix", 0.0),
+          ("FLOAT-mix (trained for the dial), mix", "floatmix", "mix", 0.0),
+          ("OAT", "oat", "mix", 0.0))
+
+
+def useful(rows: list[dict]) -> list[bool]:
+    """Issue 15's bar per point of one curve: interior, ≥ CA_BAR CA above λ_n = 1, ≥ RA_BAR RA above λ_n = 0, and
+    dominated by no other point of the curve."""
+    by = {r["lambda_n"]: r for r in rows}
+    lo, hi = by[0.0], by[1.0]
+    out = []
+    for r in rows:
+        dominated = any(q is not r and q["ca"] >= r["ca"] and q["ra"] >= r["ra"] and (q["ca"], q["ra"]) != (r["ca"], r["ra"])
+                        for q in rows)
+        out.append(0 < r["lambda_n"] < 1 and not dominated and r["ca"] >= hi["ca"] + CA_BAR and r["ra"] >= lo["ra"] + RA_BAR)
+    return out
+
+
+def epoch_seconds(run: Path) -> dict:
+    recs = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln.strip()]
+    later = recs[1:] or recs  # the first epoch carries start-up (cuDNN autotuning, allocator)
+    return {"epochs": len(recs), "s_per_epoch": statistics.median(r["seconds"] for r in later),
+            "images_per_s": statistics.median(r["images_per_s"] for r in later)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "gpu"))
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--limit", type=int, default=1000)
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "robustness" / "dial_vs_oat.json"))
+    ap.add_argument("--reuse", default="", help="comma-separated caches of the same pieces to read from")
+    ap.add_argument("--data", default=None, help="read the test data from here, not the runs' recorded path")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    runs_dir, seeds = Path(args.runs), [int(s) for s in args.seeds.split(",")]
+    cache = Path(args.cache)
+    reused = {}
+    for f in filter(None, args.reuse.split(",")):
+        reused |= end_keys(json.loads(Path(f).read_text()))
+    results: dict = {}
+    timing: dict = {}
+    for seed in seeds:
+        runs = {role: runs_dir / f"{role}_s{seed}" for role in ("float", "floatmix", "oat", "pgdat")}
+        for role, run in runs.items():
+            if not (run / CHECKPOINT).exists():
+                sys.exit(f"{run}: no run there ({CHECKPOINT} missing)")
+            timing[f"{role}_s{seed}"] = epoch_seconds(run)
+        for label, role, dial, th in CURVES:
+            bench = Bench({"float" if role == "floatmix" else role: runs[role], "pgdat": runs["pgdat"]}, args.limit, 0,
+                          cache, set(), args.device, args.data, dial)
+            bench.data = {**reused, **bench.data}
+            name = "float" if role == "floatmix" else role
+            for lam in LAMBDAS:
+                bench.want(name, lam, th, "pgd20")
+            for lam in APGD_AT:
+                bench.want(name, lam, th, "apgd-ce-t")
+            bench.compute()
+            rows = []
+            for lam in LAMBDAS:
+                p = bench.get(name, lam, th, "pgd20")
+                a = bench.get(name, lam, th, "apgd-ce-t") if lam in APGD_AT else None
+                rows.append({"lambda_n": lam, "ca": 100 * p["clean"], "ra": 100 * p["acc"],
+                             "apgd": None if a is None else 100 * a["acc"]})
+            for r, u in zip(rows, useful(rows), strict=True):
+                r["useful"] = u
+            results[f"{label} · seed {seed}"] = rows
+    meta_run = runs_dir / f"float_s{seeds[0]}"
+    cfg = json.loads((meta_run / "config.json").read_text())["config"]
+    epochs = timing[f"float_s{seeds[0]}"]["epochs"]
+    png = plot(results, (FIGURES if not args.no_write else ROOT / "runs") / "dial_vs_oat.png",
+               f"ResNet-20 on all of CIFAR-10, {epochs} epochs, seed(s) {args.seeds}: CA vs PGD-20 RA "
+               f"({args.limit} test images; points labelled by λ_n)")
+    body = section(results, timing, args, cfg, epochs, png)
+    if not args.no_write:
+        update_section("dial-vs-oat", body)
+        (FIGURES / "dial_vs_oat.json").write_text(json.dumps({"curves": results, "timing": timing}, indent=1))
+    print(body)
+
+
+def plot(results: dict, path: Path, title: str) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8.8, 5.6), dpi=120)
+    labels, xs_all, ys_all = [], [], []
+    for i, (label, rows) in enumerate(results.items()):
+        xs, ys = [r["ca"] for r in rows], [r["ra"] for r in rows]
+        (line,) = ax.plot(xs, ys, "o--" if "switch" in label else "o-", label=label, **curve_style(i))
+        labels += [(x, y, f"{r['lambda_n']:g}", line.get_color()) for r, x, y in zip(rows, xs, ys, strict=True)]
+        xs_all += xs
+        ys_all += ys
+    set_span(ax, xs_all, ys_all)
+    ax.set_xlabel("clean accuracy CA (%)")
+    ax.set_ylabel("robust accuracy RA under PGD-20 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    place_labels(ax, labels)
+    return save_png(fig, path)
+
+
+def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path) -> str:
+    labels = list(results)
+    head = "| λ_n | " + " | ".join(labels) + " |\n|---" + "|---" * len(labels) + "|"
+    lines = [head]
+    for lam in LAMBDAS:
+        cells = []
+        for label in labels:
+            r = next(r for r in results[label] if r["lambda_n"] == lam)
+            cell = f"{r['ca']:.1f} / {r['ra']:.1f}" + (f" ({r['apgd']:.1f})" if r["apgd"] is not None else "")
+            cells.append(f"**{cell}**" if r["useful"] else cell)
+        lines.append(f"| {lam:g} | " + " | ".join(cells) + " |")
+    def where(rows: list[dict]) -> str:
+        return ", ".join(f"{r['lambda_n']:g}" for r in rows if r["useful"]) or "none"
+
+    counts = "\n".join(f"- {label}: {sum(r['useful'] for r in rows)} Pareto-useful interior points (λ_n = {where(rows)})"
+                       for label, rows in results.items())
+    trows = "\n".join(f"| {name} | {t['epochs']} | {t['s_per_epoch']:.0f} | {t['images_per_s']:.0f} |"
+                      for name, t in timing.items())
+    return f"""## FLOAT's dial against OAT on one budget (issue 15)
+
+Written by `python benchmarks/dial_vs_oat.py {shown_args(sys.argv[1:])}`.
+Runs: `{shown(args.runs)}` — ResNet-20, all 50,000 CIFAR-10 training images, {epochs} epochs (cosine schedule over
+{cfg['epochs']}), batch {cfg['batch_size']}, PGD-{cfg['pgd_steps']} training attack, seed(s) {args.seeds}; trained
+on one H200 by `benchmarks/gpu_fullscale.py` (bf16 autocast, four runs sharing the GPU at once). Evaluation here:
+CA / PGD-20 RA % on {args.limit} test images (seeded subset 0), ε = 8/255; in brackets APGD-CE+T (pyautoattack
+custom: APGD-CE and APGD-T) at λ_n = 0, 0.7 and 1. **Bold** = Pareto-useful by issue 15's bar (interior, ≥ {CA_BAR:g}
+points CA above its λ_n = 1, ≥ {RA_BAR:g} points RA above its λ_n = 0, dominated by no point of its own curve).
+
+{chr(10).join(lines)}
+
+{counts}
+
+Plot: `{shown(png)}`.
+
+Training time per epoch (median over epochs 2–{epochs}; on the GPU the four runs shared it, so these are
+throughputs under sharing, not alone):
+
+| run | epochs | s / epoch | images / s |
+|---|---|---|---|
+{trows}
+"""
+
+
+if __name__ == "__main__":
+    main()
