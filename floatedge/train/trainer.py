@@ -93,7 +93,9 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     (Ampere and later), fp16 with a loss scaler before them. bf16 is chosen because it keeps fp32's exponent range:
     the training attack's input gradient is that of a batch-mean loss, ~1e-7 to 1e-9 per pixel, which fp16 flushes
     to zero (a zero gradient has sign 0, so PGD silently stops moving those pixels and trains on weaker examples).
-    bf16 needs no GradScaler."""
+    Measured on an H200 (benchmarks/gpu_fullscale.py, a trained FLOAT ResNet-20 at its robust point, 512 CIFAR-10
+    images): fp16 autocast left 4.6 % of the input-gradient entries exactly zero, bf16 and fp32 none. bf16 needs no
+    GradScaler."""
     if device.type != "cuda" or not enabled:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
