@@ -59,8 +59,10 @@ class Bench:
     """The runs, the images, and the cache of pieces: `acc(run, λ_n, λ_th, attack)` computes a piece once."""
 
     def __init__(self, runs: dict[str, Path], limit: int, seed: int, cache: Path, skip: set[str],
-                 device: str = "cpu", data: str | None = None, dial: str = DEFAULT_DIAL) -> None:
+                 device: str = "cpu", data: str | None = None, dial: str = DEFAULT_DIAL,
+                 aa_limit: int | None = None) -> None:
         self.runs, self.limit, self.seed, self.path, self.skip = runs, limit, seed, cache, skip
+        self.aa_limit = aa_limit or limit  # AutoAttack standard (and table 1's PGD-20 beside it) on this many images
         self.device, self.dataset, self.dial = device, data, get_dial(dial)
         # the calibrated λ_n: FLOAT's paper grid, and under a mixing dial also the upper half where its interior lies
         self.lambdas = PAPER_LAMBDAS if not self.dial.mixes else tuple(sorted({*PAPER_LAMBDAS, *MIX_INTERIOR}))
@@ -70,14 +72,17 @@ class Bench:
         self.todo: list[tuple] = []
         self.bar: tqdm | None = None
 
-    def key(self, name: str, lam: float, th: float, attack: str) -> str:
+    def n_for(self, attack: str) -> int:
+        return self.aa_limit if attack == "autoattack" else self.limit
+
+    def key(self, name: str, lam: float, th: float, attack: str, n: int | None = None) -> str:
         src = f"|src {self.sha['pgdat'][:16]}" if attack.startswith("transfer") else ""
         # FLOAT's interior points under a mixing dial carry its name; switch points keep the keys they always had, and
         # so do the ends λ_n = 0 and 1, which are the same function under every dial (measured once for all)
         interior = 0.0 < lam < 1.0
         dial = (f"|dial {self.dial.name}" if self.dial.mixes and interior and self.cfg[name].method in ("float", "floats")
                 else "")
-        return (f"{name} {self.sha[name][:16]}|λn {lam:g}|λth {th:g}{dial}|{attack}{src}|n {self.limit}"
+        return (f"{name} {self.sha[name][:16]}|λn {lam:g}|λth {th:g}{dial}|{attack}{src}|n {n or self.n_for(attack)}"
                 f"|seed {self.seed}")
 
     def point(self, name: str, lam: float, th: float) -> tuple[float, float]:
@@ -87,15 +92,16 @@ class Bench:
         no_th = method in ("oat", "oats") or self.dial.mixes
         return (0.0, 0.0) if method in ("pgdat", "standard") else (lam, 0.0 if no_th else th)
 
-    def get(self, name: str, lam: float, th: float, attack: str) -> dict | None:
-        """A computed piece, or None when it is not computed (yet, or skipped)."""
+    def get(self, name: str, lam: float, th: float, attack: str, n: int | None = None) -> dict | None:
+        """A computed piece (on `n` images, default `n_for(attack)`), or None when it is not computed (yet, or
+        skipped)."""
         if name not in self.runs or (attack.startswith("transfer") and "pgdat" not in self.runs):
             return None
-        return self.data.get(self.key(name, *self.point(name, lam, th), attack))
+        return self.data.get(self.key(name, *self.point(name, lam, th), attack, n))
 
-    def want(self, name: str, lam: float, th: float, attack: str) -> None:
+    def want(self, name: str, lam: float, th: float, attack: str, n: int | None = None) -> None:
         if name in self.runs and attack not in self.skip and not (attack.startswith("transfer") and "pgdat" not in self.runs):
-            item = (name, *self.point(name, lam, th), attack)
+            item = (name, *self.point(name, lam, th), attack, n or self.n_for(attack))
             if self.key(*item) not in self.data and item not in self.todo:
                 self.todo.append(item)
 
@@ -105,18 +111,19 @@ class Bench:
                                              "noisefree-pgd100x5", "apgd-ce-t", "autoattack"))}
         self.todo.sort(key=lambda it: (order.get(it[3], 99), it[0], -it[1]))
         with tqdm(total=len(self.todo), desc="pieces", unit="piece", dynamic_ncols=True) as bar:
-            for name, lam, th, attack in self.todo:
+            for name, lam, th, attack, n in self.todo:
                 bar.set_description(f"{attack} on {name} at λn={lam:g} λth={th:g}")
                 t0 = time.perf_counter()
                 res = evaluate(self.runs[name], lambdas=(lam,), lambda_ths=(th,), widths=(1.0,), attacks=[attack],
-                               limit=self.limit, seed=self.seed, progress=False, device=self.device,
+                               limit=n, seed=self.seed, progress=False, device=self.device,
                                data=self.dataset, dial=self.dial.name, transfer_from=self.runs.get("pgdat") if attack.startswith("transfer") else None)
                 if res["checkpoint_sha256"] != self.sha[name]:
                     sys.exit(f"{self.runs[name]}: the checkpoint changed during the benchmark (still training?)")
                 (row,) = res["rows"]
-                self.data[self.key(name, lam, th, attack)] = {
+                self.data[self.key(name, lam, th, attack, n)] = {
                     "acc": row[f"{attack}_acc"], "clean": row["clean_acc"], "seconds": time.perf_counter() - t0,
-                    "n_images": res["n_images"], "attack": res["attacks"][attack], "epochs": res["epochs"]}
+                    "n_images": res["n_images"], "attack": res["attacks"][attack], "epochs": res["epochs"],
+                    "device": self.device}
                 atomic_write_json(self.path, self.data)
                 bar.update(1)
                 tqdm.write(f"{attack:20s} {name:6s} λn={lam:g} λth={th:g}: {100 * row[f'{attack}_acc']:.2f}% "
@@ -156,6 +163,7 @@ def plan(bench: Bench) -> None:
         for lam in (1.0, 0.0):
             for a in ("pgd20", "autoattack", "apgd-ce-t"):
                 bench.want(name, lam, 0.0, a)
+            bench.want(name, lam, 0.0, "pgd20", bench.aa_limit)  # table 1: PGD-20 on AutoAttack's images
     for lam in (1.0, 0.0):
         for a in STRONG:
             bench.want("float", lam, 0.0, a)
@@ -171,7 +179,7 @@ def control_table(bench: Bench) -> tuple[str, list[str]]:
     rows, gaps = [], {}
     for name, label, lams in (("pgdat", "PGD-AT", (1.0,)), ("float", "FLOAT", (1.0, 0.0))):  # OAT: table 3
         for lam in lams if name in bench.runs else ():
-            p20, aa = (bench.get(name, lam, 0.0, a) for a in ("pgd20", "autoattack"))
+            p20, aa = bench.get(name, lam, 0.0, "pgd20", bench.aa_limit), bench.get(name, lam, 0.0, "autoattack")
             gap = p20["acc"] - aa["acc"] if p20 and aa else None
             gaps[(name, lam)] = gap
             where = "its one point" if name == "pgdat" else f"λ_n = {lam:g}"
@@ -197,10 +205,11 @@ def strong_table(bench: Bench) -> tuple[str, list[str]]:
     rows, lowest = [], {}
     for a in STRONG:
         cells = []
+        apart = a == "autoattack" and bench.aa_limit != bench.limit  # on other images: shown, not in the minimum
         for name, lam, _ in cols:
             got = bench.get(name, lam, 0.0, a)
-            cells.append(pct(got and got["acc"]))
-            if got:
+            cells.append(pct(got and got["acc"]) + (f" ({bench.aa_limit} images)" if got and apart else ""))
+            if got and not apart:
                 row = lowest.setdefault((name, lam), {})
                 row[f"{a}_acc"] = got["acc"]
         rows.append([a, *cells])
@@ -233,7 +242,7 @@ def point_table(bench: Bench) -> str:
             measured = {f"{a}_acc": g["acc"] for a in STRONG if (g := bench.get(name, lam, th, a))}
             clean = next((g["clean"] for a in STRONG if (g := bench.get(name, lam, th, a))), None)
             acc, att = robust_of(measured)
-            p = OperatingPoint(lam, 1.0, th)
+            p = OperatingPoint(lam, 1.0, th, bench.dial.name if name == "float" else None)
             rows.append([label, f"{lam:g}", f"{th:g}" if name == "float" else "—", f"{p.noise_scale:.2f}" if name == "float"
                          else "—", pct(clean), pct(measured.get("pgd20_acc")), pct(measured.get("apgd-ce-t_acc")),
                          f"{pct(acc)} {att or ''}", pts(None if acc is None or "pgd20_acc" not in measured
@@ -248,6 +257,8 @@ def main() -> None:
     ap.add_argument("--pgdat", dest="pgdat_run", default=str(FULL / "pgdat_s0"))
     ap.add_argument("--oat", dest="oat_run", default=str(FULL / "oat_s0"), help="used when it is there and finished")
     ap.add_argument("--limit", type=int, default=None, help="test images (seeded subset) [default: 500; --quick: 16]")
+    ap.add_argument("--aa-limit", type=int, default=None,
+                    help="images for AutoAttack standard and table 1's PGD-20 beside it [default: --limit]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="16 images and no AutoAttack standard: a check in seconds")
     ap.add_argument("--skip", default="", help="comma-separated attacks not to run now (e.g. autoattack)")
@@ -283,7 +294,8 @@ def main() -> None:
                 continue
             sys.exit(f"{p}: epoch {done} of {total}, still training? (--unfinished measures it as it is)")
         runs[name] = p
-    bench = Bench(runs, limit, args.seed, Path(args.cache), skip, args.device, args.data, args.dial)
+    bench = Bench(runs, limit, args.seed, Path(args.cache), skip, args.device, args.data, args.dial,
+                  args.aa_limit)
     if args.lambdas:
         bench.lambdas = tuple(float(v) for v in args.lambdas.split(","))
     plan(bench)
@@ -303,17 +315,27 @@ def main() -> None:
     scale = "; ".join(f"{name} {Path(runs[name]).name}: {cfgs[name].method} {cfgs[name].arch}, "
                       f"{cfgs[name].limit_train or 50000} training images, {epochs_done(runs[name])} epochs, seed "
                       f"{cfgs[name].seed}" for name in runs)
-    spent = sum(v["seconds"] for k, v in bench.data.items() if f"|n {limit}|" in k)
+    ours = {k: v for k, v in bench.data.items()
+            if any(k.startswith(f"{name} {sha[:16]}|") for name, sha in bench.sha.items())
+            and (f"|n {limit}|" in k or f"|n {bench.aa_limit}|" in k)}
+    spent = sum(v["seconds"] for v in ours.values())
+    devices = {}
+    for v in ours.values():
+        devices[v.get("device", "cpu")] = devices.get(v.get("device", "cpu"), 0) + 1
+    where = ", ".join(f"{n} on {'the CPU here' if d == 'cpu' else d + ' (a lent H200, --device ' + d + ')'}"
+                      for d, n in sorted(devices.items()))
+    images = f"{limit} test images" + (f" (AutoAttack standard and table 1: {bench.aa_limit})"
+                                       if bench.aa_limit != limit else "")
     load = os.getloadavg()[0]
     body = f"""## Robustness under a stronger attacker (issue 14)
 
 Written by `python benchmarks/robustness.py {shown_args(sys.argv[1:])}`.
-Scale: {scale}. FLOAT's points under the `{bench.dial.name}` dial. Evaluation on {limit} test images (seeded subset {args.seed}), L∞ ε = 8/255. Machine: {machine()}
-(2 vCPU, shared with a training queue; load average {load:.1f} at the end). Compute: {spent / 60:.0f} min over all
-pieces ({wall / 60:.0f} min this invocation). Every figure is one `floatedge eval` piece, cached under the run's
+Scale: {scale}. FLOAT's points under the `{bench.dial.name}` dial. Evaluation on {images} (seeded subset
+{args.seed}), L∞ ε = 8/255. Pieces: {where}; this machine: {machine()} (2 vCPU, load average {load:.1f} at the end).
+Compute: {spent / 60:.0f} min over all pieces ({wall / 60:.0f} min this invocation). Every figure is one `floatedge eval` piece, cached under the run's
 checkpoint sha256; it evaluates the weights, α and recorded noise draw `floatedge export` writes (the eval result
 records the checkpoint's sha256 and the export refuses an evaluation of another checkpoint).
-{'AutoAttack standard not run (' + ', '.join(sorted(skip)) + ' skipped): — in its cells.' if skip else ''}
+{'Not run (skipped): ' + ', '.join(sorted(skip)) + ' — — in their cells.' if skip else ''}
 
 ### 1. The control at equal budget: PGD-20 vs AutoAttack
 
@@ -333,7 +355,7 @@ records the checkpoint's sha256 and the export refuses an evaluation of another 
 """
     update_section("robustness", body)
     atomic_write_json(FIGURES / "robustness.json", {"limit": limit, "runs": {k: str(v) for k, v in runs.items()},
-                                                     "pieces": {k: v for k, v in bench.data.items() if f"|n {limit}|" in k}})
+                                                     "aa_limit": bench.aa_limit, "pieces": ours})
     print("wrote docs/RESULTS.md (section robustness) and docs/results/robustness.json")
 
 
