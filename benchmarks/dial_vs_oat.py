@@ -1,11 +1,11 @@
 """Issue 15, item 3: FLOAT as specified, FLOAT under the chosen dial, FLOAT trained for that dial, and OAT — one
 training budget, one plot.
 
-    python benchmarks/dial_vs_oat.py --runs runs/gpu --seeds 0
+    python benchmarks/dial_vs_oat.py --set runs/gpu:0 --set runs/cpu5:1
 
-`--runs DIR` holds `float_s<seed>`, `floatmix_s<seed>` (`floatedge train --train-dial mix`), `oat_s<seed>` and
-`pgdat_s<seed>` (the last only names the transfer source in the cache keys), all trained on the same data, epochs and
-seed (benchmarks/gpu_fullscale.py trains them). The curves, per seed:
+Each `--set DIR:SEED` names a directory holding `float_s<seed>`, `floatmix_s<seed>` (`floatedge train --train-dial
+mix`) and `oat_s<seed>`, trained on the same data and epochs (benchmarks/gpu_fullscale.py trains them on a GPU,
+runs/cpu5/queue.sh the same recipe on the CPU); a curve whose run is missing is left out. The curves, per seed:
 
 * FLOAT as specified: the `switch` dial (Eq. 5) at λ_th = 0 and 0.5;
 * FLOAT under `mix` (oppoint.DEFAULT_DIAL), the same checkpoint, no retraining;
@@ -31,17 +31,15 @@ from _results import FIGURES, ROOT, shown, shown_args, update_section
 from robustness import Bench, end_keys
 
 from floatedge.train.evaluate import curve_style, place_labels, pyplot, save_png, set_span
-from floatedge.train.trainer import CHECKPOINT
+from floatedge.train.trainer import CHECKPOINT, TrainConfig, epochs_done, load_checkpoint
 
 LAMBDAS = (0.0, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 APGD_AT = (0.0, 0.7, 1.0)
 CA_BAR, RA_BAR = 3.0, 5.0  # issue 15's Pareto-useful bar (as benchmarks/lambda_dial.py)
-# label, run role, dial, λ_th
-CURVES = (("FLOAT, switch λ_th=0 (as specified)", "float", "switch", 0.0),
-          ("FLOAT, switch λ_th=0.5 (as specified)", "float", "switch", 0.5),
-          ("FLOAT, mix dial (same checkpoint)", "float", "mix", 0.0),
-          ("FLOAT-mix (trained for the dial), mix", "floatmix", "mix", 0.0),
-          ("OAT", "oat", "mix", 0.0))
+# label, run role, dial, λ_th: FLOAT as specified (switch), the same checkpoint under mix, FLOAT trained for mix
+# (`--train-dial mix`) under mix, OAT
+CURVES = (("FLOAT switch@0", "float", "switch", 0.0), ("FLOAT switch@0.5", "float", "switch", 0.5),
+          ("FLOAT mix", "float", "mix", 0.0), ("FLOAT-mix mix", "floatmix", "mix", 0.0), ("OAT", "oat", "mix", 0.0))
 
 
 def useful(rows: list[dict]) -> list[bool]:
@@ -66,8 +64,8 @@ def epoch_seconds(run: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default=str(ROOT / "runs" / "gpu"))
-    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--set", dest="sets", action="append", default=None,
+                    help="DIR:SEED, repeatable [default: runs/gpu:0]")
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--cache", default=str(ROOT / "runs" / "robustness" / "dial_vs_oat.json"))
     ap.add_argument("--reuse", default="", help="comma-separated caches of the same pieces to read from")
@@ -77,21 +75,28 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    runs_dir, seeds = Path(args.runs), [int(s) for s in args.seeds.split(",")]
+    sets = [(Path(v.rsplit(":", 1)[0]), int(v.rsplit(":", 1)[1])) for v in (args.sets or [f"{ROOT / 'runs' / 'gpu'}:0"])]
     cache = Path(args.cache)
     reused = {}
     for f in filter(None, args.reuse.split(",")):
         reused |= end_keys(json.loads(Path(f).read_text()))
     results: dict = {}
     timing: dict = {}
-    for seed in seeds:
-        runs = {role: runs_dir / f"{role}_s{seed}" for role in ("float", "floatmix", "oat", "pgdat")}
+    for runs_dir, seed in sets:
+        runs = {role: runs_dir / f"{role}_s{seed}" for role in ("float", "floatmix", "oat")}
+        runs = {role: run for role, run in runs.items() if (run / CHECKPOINT).exists()}
+        for role, run in list(runs.items()):  # a run still training (its schedule not finished) is left out
+            if epochs_done(run) < TrainConfig.from_dict(load_checkpoint(run)["config"]).epochs:
+                print(f"leaving out {run}: epoch {epochs_done(run)} of its schedule")
+                del runs[role]
+        if "float" not in runs:
+            sys.exit(f"{runs_dir / f'float_s{seed}'}: no run there ({CHECKPOINT} missing)")
         for role, run in runs.items():
-            if not (run / CHECKPOINT).exists():
-                sys.exit(f"{run}: no run there ({CHECKPOINT} missing)")
-            timing[f"{role}_s{seed}"] = epoch_seconds(run)
+            timing[f"{shown(run)}"] = epoch_seconds(run)
         for label, role, dial, th in CURVES:
-            bench = Bench({"float" if role == "floatmix" else role: runs[role], "pgdat": runs["pgdat"]}, args.limit, 0,
+            if role not in runs:
+                continue
+            bench = Bench({"float" if role == "floatmix" else role: runs[role]}, args.limit, 0,
                           cache, set(), args.device, args.data, dial)
             bench.data = {**reused, **bench.data}
             name = "float" if role == "floatmix" else role
@@ -108,14 +113,15 @@ def main() -> None:
                              "apgd": None if a is None else 100 * a["acc"]})
             for r, u in zip(rows, useful(rows), strict=True):
                 r["useful"] = u
-            results[f"{label} · seed {seed}"] = rows
-    meta_run = runs_dir / f"float_s{seeds[0]}"
+            results[f"{label} · {runs_dir.name} s{seed}"] = rows
+    meta_run = sets[0][0] / f"float_s{sets[0][1]}"
     cfg = json.loads((meta_run / "config.json").read_text())["config"]
-    epochs = timing[f"float_s{seeds[0]}"]["epochs"]
+    epochs = timing[shown(meta_run)]["epochs"]
+    seeds = ", ".join(str(seed) for _, seed in sets)
     png = plot(results, (FIGURES if not args.no_write else ROOT / "runs") / "dial_vs_oat.png",
-               f"ResNet-20 on all of CIFAR-10, {epochs} epochs, seed(s) {args.seeds}: CA vs PGD-20 RA "
+               f"ResNet-20 on all of CIFAR-10, {epochs} epochs, seed(s) {seeds}: CA vs PGD-20 RA "
                f"({args.limit} test images; points labelled by λ_n)")
-    body = section(results, timing, args, cfg, epochs, png)
+    body = section(results, timing, args, cfg, epochs, png, sets)
     if not args.no_write:
         update_section("dial-vs-oat", body)
         (FIGURES / "dial_vs_oat.json").write_text(json.dumps({"curves": results, "timing": timing}, indent=1))
@@ -143,7 +149,7 @@ def plot(results: dict, path: Path, title: str) -> Path:
     return save_png(fig, path)
 
 
-def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path) -> str:
+def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path, sets: list) -> str:
     labels = list(results)
     head = "| λ_n | " + " | ".join(labels) + " |\n|---" + "|---" * len(labels) + "|"
     lines = [head]
@@ -164,11 +170,14 @@ def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path
     return f"""## FLOAT's dial against OAT on one budget (issue 15)
 
 Written by `python benchmarks/dial_vs_oat.py {shown_args(sys.argv[1:])}`.
-Runs: `{shown(args.runs)}` — ResNet-20, all 50,000 CIFAR-10 training images, {epochs} epochs (cosine schedule over
-{cfg['epochs']}), batch {cfg['batch_size']}, PGD-{cfg['pgd_steps']} training attack, seed(s) {args.seeds}; trained
-on one H200 by `benchmarks/gpu_fullscale.py` (bf16 autocast, four runs sharing the GPU at once). Evaluation here:
+Runs: {', '.join(f'`{shown(d)}` (seed {seed})' for d, seed in sets)} — ResNet-20, all 50,000 CIFAR-10 training
+images, {epochs} epochs (cosine schedule over {cfg['epochs']}), batch {cfg['batch_size']}, PGD-{cfg['pgd_steps']}
+training attack. `runs/gpu` trained on one H200 (`benchmarks/gpu_fullscale.py`, bf16 autocast, four runs sharing
+the GPU), `runs/cpu5` on this CPU in fp32 (`runs/cpu5/queue.sh`, same recipe). Evaluation here:
 CA / PGD-20 RA % on {args.limit} test images (seeded subset 0), ε = 8/255; in brackets APGD-CE+T (pyautoattack
-custom: APGD-CE and APGD-T) at λ_n = 0, 0.7 and 1. **Bold** = Pareto-useful by issue 15's bar (interior, ≥ {CA_BAR:g}
+custom: APGD-CE and APGD-T) at λ_n = 0, 0.7 and 1. Curves: FLOAT switch@λ_th = FLOAT as specified (Eq. 5);
+FLOAT mix = the same checkpoint under the `mix` dial (no retraining); FLOAT-mix mix = FLOAT trained with
+`--train-dial mix`, under `mix`; OAT. **Bold** = Pareto-useful by issue 15's bar (interior, ≥ {CA_BAR:g}
 points CA above its λ_n = 1, ≥ {RA_BAR:g} points RA above its λ_n = 0, dominated by no point of its own curve).
 
 {chr(10).join(lines)}
@@ -177,8 +186,8 @@ points CA above its λ_n = 1, ≥ {RA_BAR:g} points RA above its λ_n = 0, domin
 
 Plot: `{shown(png)}`.
 
-Training time per epoch (median over epochs 2–{epochs}; on the GPU the four runs shared it, so these are
-throughputs under sharing, not alone):
+Training time per epoch (median over epochs 2–{epochs}; on the GPU four runs shared it, on the CPU other
+benchmarks did — throughputs under sharing, not alone):
 
 | run | epochs | s / epoch | images / s |
 |---|---|---|---|
