@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import FIGURES, ROOT, machine, shown_args, update_section
+from _results import FIGURES, ROOT, machine, shown, shown_args, update_section
 from tqdm import tqdm
 
 from floatedge.bundle import robust_of, sha256_file
@@ -251,6 +251,24 @@ def point_table(bench: Bench) -> str:
                      "RA − PGD-20"], rows)
 
 
+def bundle_table(path: Path) -> tuple[str, str]:
+    """Table 4: an exported bundle's operating-point table as the server and governor read it (`Bundle.table`, which
+    fills `robust_acc`/`robust_attack` through `robust_of`), and a one-line verdict on the issue's bar."""
+    from floatedge.bundle import open_bundle
+
+    b = open_bundle(path)
+    rows, ok = [], True
+    for r in b.table():
+        apgd = r.get("apgd-ce-t_acc")
+        ok &= apgd is not None and r.get("robust_attack") is not None
+        rows.append([f"{r['lambda_n']:g}", f"{r['width']:g}", pct(r.get("clean_acc")), pct(r.get("pgd20_acc")),
+                     pct(apgd), f"{pct(r['robust_acc'])} {r['robust_attack']}"])
+    table = md_table(["λ_n", "width", "CA %", "PGD-20 %", "APGD-CE+T %", "RA the bundle reports (attack)"], rows)
+    verdict = (f"Every one of the {len(rows)} rows carries an APGD-based figure and names the attack its RA comes from."
+               if ok else "Some rows lack an APGD figure or a named attack.")
+    return table, verdict
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--float", dest="float_run", default=str(FULL / "float_s0"))
@@ -273,6 +291,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default=str(CACHE))
     ap.add_argument("--write", action="store_true", help="write docs/RESULTS.md even below 500 images or with --quick")
+    ap.add_argument("--bundle", default=None, help="an exported bundle whose table to show (table 4)")
     ap.add_argument("--unfinished", action="store_true", help="measure runs still short of their epochs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -307,7 +326,8 @@ def main() -> None:
     control, notes1 = control_table(bench)
     strong, notes2 = strong_table(bench)
     points = point_table(bench)
-    print(control, *notes1, "", strong, *notes2, "", points, sep="\n")
+    btable, bverdict = bundle_table(Path(args.bundle)) if args.bundle else ("", "")
+    print(control, *notes1, "", strong, *notes2, "", points, "", btable, bverdict, sep="\n")
     if (limit < 500 or args.quick) and not args.write:
         print(f"\nnot written to docs/RESULTS.md ({limit} images{', --quick' if args.quick else ''}; --write to write)")
         return
@@ -352,7 +372,16 @@ records the checkpoint's sha256 and the export refuses an evaluation of another 
 ### 3. Every calibrated point: the RA its table row reports
 
 {points}
-"""
+""" + (f"""
+### 4. An exported bundle's table (`{shown(args.bundle)}`)
+
+What `floatedge export --eval` wrote from `floatedge eval --attacks pgd20,apgd-ce-t` and what the server, the policies
+and the governor read (`Bundle.table`; RA = the lowest measured attack, `bundle.robust_of`).
+
+{btable}
+
+{bverdict}
+""" if args.bundle else "")
     update_section("robustness", body)
     atomic_write_json(FIGURES / "robustness.json", {"limit": limit, "runs": {k: str(v) for k, v in runs.items()},
                                                      "aa_limit": bench.aa_limit, "pieces": ours})
