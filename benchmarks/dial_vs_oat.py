@@ -118,7 +118,7 @@ def main() -> None:
     cfg = json.loads((meta_run / "config.json").read_text())["config"]
     epochs = timing[shown(meta_run)]["epochs"]
     seeds = ", ".join(str(seed) for _, seed in sets)
-    png = plot(results, (FIGURES if not args.no_write else ROOT / "runs") / "dial_vs_oat.png",
+    png = plot(results, FIGURES / "dial_vs_oat.png" if not args.no_write else cache.with_suffix(".png"),
                f"ResNet-20 on all of CIFAR-10, {epochs} epochs, seed(s) {seeds}: CA vs PGD-20 RA "
                f"({args.limit} test images; points labelled by λ_n)")
     body = section(results, timing, args, cfg, epochs, png, sets)
