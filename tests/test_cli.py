@@ -441,3 +441,18 @@ def test_quickstart_refuses_a_directory_holding_another_run(run_copy):
     assert_one_line_error(run_cli("quickstart", "--out", run_copy), f"{run_copy} holds another run (float tiny",
                           "remove it or choose another --out")
     assert snapshot(run_copy) == before
+
+
+def test_export_of_a_run_whose_data_moved_takes_data(tmp_path, write_cifar10):
+    """A run trained on another machine (a lent GPU) records a data path that is not here: export says so in one
+    line and `--data` points the acceptance set at the data here."""
+    write_cifar10(tmp_path / "there")
+    run = tmp_path / "run"
+    assert run_cli("train", *TINY, "--dataset", "cifar10", "--data", tmp_path / "there", "--out", run).exit_code == 0
+    (tmp_path / "there").rename(tmp_path / "here")
+    result = run_cli("export", run, "--out", tmp_path / "m.febundle", "--acceptance", "4")
+    assert_one_line_error(result, "acceptance set needs the run's test data", "--data")
+    assert not (tmp_path / "m.febundle").exists()
+    result = run_cli("export", run, "--out", tmp_path / "m.febundle", "--acceptance", "4", "--data", tmp_path / "here")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m.febundle" / "manifest.json").read_text())["acceptance"]["n_images"] == 4

@@ -69,12 +69,16 @@ def table_lines(ops: dict | None) -> list[str]:
 @click.option("--acceptance", "acceptance", type=click.IntRange(min=0), default=512, show_default=True,
               help="Test images in the acceptance set `floatedge build` proves engines with (PGD-20 images per "
                    "robust point added); 0 for none.")
+@click.option("--data", type=click.Path(), default=None,
+              help="Read the acceptance set's test data from here, not the run's recorded path (a run trained on "
+                   "another machine).")
 @click.option("--tar", is_flag=True, help="Write one tar file instead of a directory.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--sign", "sign_key", type=click.Path(), default=None,
               help="Sign the bundle with this Ed25519 private key (floatedge keygen).")
 @user_errors
-def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, dial, eta_dtype, acceptance, tar, force, sign_key) -> None:
+def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, dial, eta_dtype, acceptance, data, tar, force,
+               sign_key) -> None:
     """Export a finished run to a deployable bundle: one runtime-scalable ONNX model per width + manifest."""
     from floatedge.bundle import open_bundle
     from floatedge.export.torch_export import export_bundle
@@ -84,7 +88,7 @@ def export_cmd(run_dir, out, widths, opset, eval_file, lambda_th, dial, eta_dtyp
     key = load_private_key(sign_key) if sign_key else None  # a bad key fails here, not after the export
     check_destination(out)  # before the minutes of work, not at the rename
     r = export_bundle(run_dir, out, widths, opset, eval_file, tar, lambda_th, eta_dtype, force, acceptance=acceptance,
-                      dial=dial)
+                      dial=dial, data=data)
     click.echo(f"wrote {r.path} ({'tar' if tar else 'directory'}): widths {_widths(r.model_bytes)}, "
                f"{_size(r.bundle_bytes)} ({r.size_ratio:.2f}× a plain export of the same widths, "
                f"{_size(r.plain_bytes)}); η {r.eta_dtype}, max |Δlogits| vs PyTorch {r.parity:.1e}; {r.seconds:.1f} s")

@@ -473,7 +473,7 @@ def _argmax(session, images: np.ndarray, lam: float, batch: int = 256) -> np.nda
 
 def make_acceptance(model: FloatModel, cfg: TrainConfig, scalable: dict[float, onnx.ModelProto],
                     points: Sequence[OperatingPoint], lambda_th: float, n: int, seed: int = 0,
-                    batch_size: int = 250) -> tuple[dict, dict[str, bytes]]:
+                    batch_size: int = 250, data: str | Path | None = None) -> tuple[dict, dict[str, bytes]]:
     """The acceptance set: `n` test images of the run's data set (seeded subset, uint8) with labels, and for each
     robust point (λ_n > 0, or every point of a PGD-AT run) its PGD-20 images, crafted in torch against the model
     at that point (the exported fp32 function: parity ≤ PARITY_TOL) and stored as float16. The reference figures
@@ -482,7 +482,7 @@ def make_acceptance(model: FloatModel, cfg: TrainConfig, scalable: dict[float, o
     from .verify import ort_session
 
     try:
-        ds = load_run_data(cfg.dataset, cfg.data, recorded=True)
+        ds = load_run_data(cfg.dataset, data or cfg.data, recorded=data is None)
     except (DataError, ValueError) as exc:
         raise ExportError(f"the acceptance set needs the run's test data: {exc}; or pass --acceptance 0") from None
     ds = ds.limit(test=n, seed=seed)
@@ -522,7 +522,8 @@ def make_acceptance(model: FloatModel, cfg: TrainConfig, scalable: dict[float, o
 def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] | str | None = None,
                   opset: int = DEFAULT_OPSET, eval_file: str | Path | None = None, tar: bool = False,
                   lambda_th: float | None = None, eta_dtype: str = "auto",
-                  force: bool = False, acceptance: int = 0, dial: Dial | str | None = None) -> ExportResult:
+                  force: bool = False, acceptance: int = 0, dial: Dial | str | None = None,
+                  data: str | Path | None = None) -> ExportResult:
     """Export the finished run in `run_dir` to the bundle `out` (a directory, or one tar file with `tar`).
 
     `eta_dtype` "auto" stores η as float16 when ONNX Runtime still matches PyTorch within PARITY_TOL at
@@ -581,7 +582,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, widths: Sequence[float] 
     accept = None
     if acceptance:
         points = acceptance_points(table, chosen, lambda_th, cfg.noisy or model.is_oat, dial)
-        accept, accept_files = make_acceptance(model, cfg, scalable, points, lambda_th, acceptance)
+        accept, accept_files = make_acceptance(model, cfg, scalable, points, lambda_th, acceptance, data=data)
         files.update(accept_files)
     kind = "oat" if model.is_oat else "float"
     manifest = {
