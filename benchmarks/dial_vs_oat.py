@@ -72,16 +72,16 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="read the test data from here, not the runs' recorded path")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--apgd-seeds", default=None, help="comma-separated: the seeds that get APGD-CE+T (5–10 min a piece "
-                                                        "on this CPU) [default: every seed]")
+    ap.add_argument("--apgd-in", default=None, help="comma-separated run-set directory names that get APGD-CE+T (5–10 "
+                                                     "min a piece on this CPU) [default: every set]")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sets = [(Path(v.rsplit(":", 1)[0]), int(v.rsplit(":", 1)[1])) for v in (args.sets or [f"{ROOT / 'runs' / 'gpu'}:0"])]
     cache = Path(args.cache)
 
-    def apgd(seed: int) -> bool:
-        return args.apgd_seeds is None or str(seed) in args.apgd_seeds.split(",")
+    def apgd(runs_dir: Path) -> bool:
+        return args.apgd_in is None or runs_dir.name in args.apgd_in.split(",")
 
     reused = {}
     for f in filter(None, args.reuse.split(",")):
@@ -108,7 +108,7 @@ def main() -> None:
             name = "float" if role == "floatmix" else role
             for lam in LAMBDAS:
                 bench.want(name, lam, th, "pgd20")
-            for lam in APGD_AT if apgd(seed) else ():
+            for lam in APGD_AT if apgd(runs_dir) else ():
                 bench.want(name, lam, th, "apgd-ce-t")
             bench.compute()
             rows = []
