@@ -89,7 +89,7 @@ class Bench:
         """The point's name in this model's terms: PGD-AT has one point (reported as λ_n 0), OAT and a mixing dial no
         λ_th."""
         method = self.cfg[name].method
-        no_th = method in ("oat", "oats") or self.dial.mixes
+        no_th = method in ("oat", "oats") or self.dial.mixes or lam in (0.0, 1.0)  # the ends: one function for all λ_th
         return (0.0, 0.0) if method in ("pgdat", "standard") else (lam, 0.0 if no_th else th)
 
     def get(self, name: str, lam: float, th: float, attack: str, n: int | None = None) -> dict | None:
