@@ -155,6 +155,14 @@ def plot(results: dict, path: Path, title: str) -> Path:
     return save_png(fig, path)
 
 
+def trained_where(sets: list) -> str:
+    """Where each run set was trained, from its directory: runs/gpu by benchmarks/gpu_fullscale.py on a lent GPU, any
+    other on this CPU in fp32."""
+    return " ".join(f"`{shown(d)}` trained on one H200 (`benchmarks/gpu_fullscale.py`, bf16 autocast, four runs sharing "
+                    "the GPU)." if d.name == "gpu" else f"`{shown(d)}` trained on this CPU in fp32 (same recipe)."
+                    for d, _ in sets)
+
+
 def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path, sets: list) -> str:
     labels = list(results)
     head = "| λ_n | " + " | ".join(labels) + " |\n|---" + "|---" * len(labels) + "|"
@@ -178,8 +186,7 @@ def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path
 Written by `python benchmarks/dial_vs_oat.py {shown_args(sys.argv[1:])}`.
 Runs: {', '.join(f'`{shown(d)}` (seed {seed})' for d, seed in sets)} — ResNet-20, all 50,000 CIFAR-10 training
 images, {epochs} epochs (cosine schedule over {cfg['epochs']}), batch {cfg['batch_size']}, PGD-{cfg['pgd_steps']}
-training attack. `runs/gpu` trained on one H200 (`benchmarks/gpu_fullscale.py`, bf16 autocast, four runs sharing
-the GPU), `runs/cpu5` on this CPU in fp32 (`runs/cpu5/queue.sh`, same recipe). Evaluation here:
+training attack. {trained_where(sets)} Evaluation here:
 CA / PGD-20 RA % on {args.limit} test images (seeded subset 0), ε = 8/255; in brackets APGD-CE+T (pyautoattack
 custom: APGD-CE and APGD-T) at λ_n = 0, 0.7 and 1. Curves: FLOAT switch@λ_th = FLOAT as specified (Eq. 5);
 FLOAT mix = the same checkpoint under the `mix` dial (no retraining); FLOAT-mix mix = FLOAT trained with
