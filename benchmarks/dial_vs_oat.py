@@ -22,44 +22,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 from _results import FIGURES, ROOT, shown, shown_args, update_section
+from gpu_fullscale import epoch_seconds
+from lambda_dial import CA_BAR, RA_BAR, pareto, plot
 from robustness import Bench, end_keys
 
-from floatedge.train.evaluate import curve_style, place_labels, pyplot, save_png, set_span
 from floatedge.train.trainer import CHECKPOINT, TrainConfig, epochs_done, load_checkpoint
 
 LAMBDAS = (0.0, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 APGD_AT = (0.0, 0.7, 1.0)
-CA_BAR, RA_BAR = 3.0, 5.0  # issue 15's Pareto-useful bar (as benchmarks/lambda_dial.py)
 # label, run role, dial, λ_th: FLOAT as specified (switch), the same checkpoint under mix, FLOAT trained for mix
 # (`--train-dial mix`) under mix, OAT
 CURVES = (("FLOAT switch@0", "float", "switch", 0.0), ("FLOAT switch@0.5", "float", "switch", 0.5),
           ("FLOAT mix", "float", "mix", 0.0), ("FLOAT-mix mix", "floatmix", "mix", 0.0), ("OAT", "oat", "mix", 0.0))
-
-
-def useful(rows: list[dict]) -> list[bool]:
-    """Issue 15's bar per point of one curve: interior, ≥ CA_BAR CA above λ_n = 1, ≥ RA_BAR RA above λ_n = 0, and
-    dominated by no other point of the curve."""
-    by = {r["lambda_n"]: r for r in rows}
-    lo, hi = by[0.0], by[1.0]
-    out = []
-    for r in rows:
-        dominated = any(q is not r and q["ca"] >= r["ca"] and q["ra"] >= r["ra"] and (q["ca"], q["ra"]) != (r["ca"], r["ra"])
-                        for q in rows)
-        out.append(0 < r["lambda_n"] < 1 and not dominated and r["ca"] >= hi["ca"] + CA_BAR and r["ra"] >= lo["ra"] + RA_BAR)
-    return out
-
-
-def epoch_seconds(run: Path) -> dict:
-    recs = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln.strip()]
-    later = recs[1:] or recs  # the first epoch carries start-up (cuDNN autotuning, allocator)
-    return {"epochs": len(recs), "s_per_epoch": statistics.median(r["seconds"] for r in later),
-            "images_per_s": statistics.median(r["images_per_s"] for r in later)}
 
 
 def main() -> None:
@@ -97,8 +76,8 @@ def main() -> None:
                 del runs[role]
         if "float" not in runs:
             sys.exit(f"{runs_dir / f'float_s{seed}'}: no run there ({CHECKPOINT} missing)")
-        for role, run in runs.items():
-            timing[f"{shown(run)}"] = epoch_seconds(run)
+        for run in runs.values():
+            timing[shown(run)] = epoch_seconds(run)
         for label, role, dial, th in CURVES:
             if role not in runs:
                 continue
@@ -115,10 +94,10 @@ def main() -> None:
             for lam in LAMBDAS:
                 p = bench.get(name, lam, th, "pgd20")
                 a = bench.get(name, lam, th, "apgd-ce-t") if lam in APGD_AT else None
-                rows.append({"lambda_n": lam, "ca": 100 * p["clean"], "ra": 100 * p["acc"],
-                             "apgd": None if a is None else 100 * a["acc"]})
-            for r, u in zip(rows, useful(rows), strict=True):
-                r["useful"] = u
+                rows.append({"lambda_n": lam, "dial": dial if role != "oat" else "oat", "clean_acc": p["clean"],
+                             "pgd20_acc": p["acc"], "apgd": None if a is None else 100 * a["acc"]})
+            for r, u in zip(rows, pareto(rows), strict=True):
+                r["pareto_useful"] = u
             results[f"{label} · {runs_dir.name} s{seed}"] = rows
     meta_run = sets[0][0] / f"float_s{sets[0][1]}"
     cfg = json.loads((meta_run / "config.json").read_text())["config"]
@@ -132,27 +111,6 @@ def main() -> None:
         update_section("dial-vs-oat", body)
         (FIGURES / "dial_vs_oat.json").write_text(json.dumps({"curves": results, "timing": timing}, indent=1))
     print(body)
-
-
-def plot(results: dict, path: Path, title: str) -> Path:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8.8, 5.6), dpi=120)
-    labels, xs_all, ys_all = [], [], []
-    for i, (label, rows) in enumerate(results.items()):
-        xs, ys = [r["ca"] for r in rows], [r["ra"] for r in rows]
-        (line,) = ax.plot(xs, ys, "o--" if "switch" in label else "o-", label=label, **curve_style(i))
-        labels += [(x, y, f"{r['lambda_n']:g}", line.get_color()) for r, x, y in zip(rows, xs, ys, strict=True)]
-        xs_all += xs
-        ys_all += ys
-    set_span(ax, xs_all, ys_all)
-    ax.set_xlabel("clean accuracy CA (%)")
-    ax.set_ylabel("robust accuracy RA under PGD-20 (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    place_labels(ax, labels)
-    return save_png(fig, path)
 
 
 def trained_where(sets: list) -> str:
@@ -171,13 +129,14 @@ def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path
         cells = []
         for label in labels:
             r = next(r for r in results[label] if r["lambda_n"] == lam)
-            cell = f"{r['ca']:.1f} / {r['ra']:.1f}" + (f" ({r['apgd']:.1f})" if r["apgd"] is not None else "")
-            cells.append(f"**{cell}**" if r["useful"] else cell)
+            cell = f"{100 * r['clean_acc']:.1f} / {100 * r['pgd20_acc']:.1f}" + (
+                f" ({r['apgd']:.1f})" if r["apgd"] is not None else "")
+            cells.append(f"**{cell}**" if r["pareto_useful"] else cell)
         lines.append(f"| {lam:g} | " + " | ".join(cells) + " |")
     def where(rows: list[dict]) -> str:
-        return ", ".join(f"{r['lambda_n']:g}" for r in rows if r["useful"]) or "none"
+        return ", ".join(f"{r['lambda_n']:g}" for r in rows if r["pareto_useful"]) or "none"
 
-    counts = "\n".join(f"- {label}: {sum(r['useful'] for r in rows)} Pareto-useful interior points (λ_n = {where(rows)})"
+    counts = "\n".join(f"- {label}: {sum(r['pareto_useful'] for r in rows)} Pareto-useful interior points (λ_n = {where(rows)})"
                        for label, rows in results.items())
     trows = "\n".join(f"| {name} | {t['epochs']} | {t['s_per_epoch']:.0f} | {t['images_per_s']:.0f} |"
                       for name, t in timing.items())

@@ -30,6 +30,7 @@ import lzma
 import os
 import pickle
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -168,8 +169,18 @@ def wait_all(procs: dict, deadline: float) -> dict:
 
 
 def log_records(run: Path) -> list[dict]:
-    p = run / "log.jsonl"
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()] if p.exists() else []
+    from floatedge.train.trainer import read_log  # torch: only where runs are read, not to pack or stage
+
+    return read_log(run)
+
+
+def epoch_seconds(run: Path) -> dict:
+    """A run's epochs and its median seconds and images/s per epoch over epochs 2 on (the first carries start-up:
+    cuDNN autotuning, the allocator)."""
+    recs = log_records(run)
+    later = recs[1:] or recs
+    return {"epochs": len(recs), "s_per_epoch": statistics.median(r["seconds"] for r in later),
+            "images_per_s": statistics.median(r["images_per_s"] for r in later)}
 
 
 def underflow_check(run: Path, data: Path) -> dict:
@@ -244,8 +255,9 @@ def train(args) -> None:
     procs = {n: launch(n, a, data, runs_dir / n, epochs, [], logs / f"{n}.log", args.device) for n, a in ok}
     codes = wait_all(procs, deadline - 40)
     report["train_seconds"] = time.monotonic() - t1
-    report["results"] = {n: {"code": codes[n], "epochs_done": len(log_records(runs_dir / n)),
-                             "last": (log_records(runs_dir / n) or [None])[-1]} for n, _ in ok}
+    logs_of = {n: log_records(runs_dir / n) for n, _ in ok}
+    report["results"] = {n: {"code": codes[n], "epochs_done": len(logs_of[n]), "last": (logs_of[n] or [None])[-1]}
+                         for n, _ in ok}
     print("results:", json.dumps(report["results"]), flush=True)
     if (runs_dir / "float_s0" / "checkpoint.pt").exists() and args.device == "cuda":
         try:
@@ -268,14 +280,11 @@ def report(args) -> None:
     rep = json.loads((src / "report.json").read_text())
     rows = []
     for name in rep["runs"]:
-        recs = log_records(src / name)
-        last = recs[-1]
-        later = recs[1:] or recs
-        sec = sorted(r["seconds"] for r in later)[len(later) // 2]
-        ips = sorted(r["images_per_s"] for r in later)[len(later) // 2]
+        last, t = log_records(src / name)[-1], epoch_seconds(src / name)
+        sec, ips = t["s_per_epoch"], t["images_per_s"]
         ca = "—" if last["train_clean_acc"] is None else f"{100 * last['train_clean_acc']:.1f}"
         alpha = "—" if last["alpha_mean"] is None else f"{last['alpha_mean']:.3f}"
-        rows.append(f"| {name} | {len(recs)} | {sec:.0f} | {ips:.0f} | {last['loss']:.3f} | {ca} | "
+        rows.append(f"| {name} | {t['epochs']} | {sec:.0f} | {ips:.0f} | {last['loss']:.3f} | {ca} | "
                     f"{100 * last['train_adv_acc']:.1f} | {alpha} |")
     pilot = "\n".join(f"| {n} | {p['images_per_s']:.0f} |" for n, p in rep["pilot"].items() if p["images_per_s"])
     uf = rep.get("underflow")

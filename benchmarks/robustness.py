@@ -116,7 +116,8 @@ class Bench:
                 t0 = time.perf_counter()
                 res = evaluate(self.runs[name], lambdas=(lam,), lambda_ths=(th,), widths=(1.0,), attacks=[attack],
                                limit=n, seed=self.seed, progress=False, device=self.device,
-                               data=self.dataset, dial=self.dial.name, transfer_from=self.runs.get("pgdat") if attack.startswith("transfer") else None)
+                               data=self.dataset, dial=self.dial.name,
+                               transfer_from=self.runs.get("pgdat") if attack.startswith("transfer") else None)
                 if res["checkpoint_sha256"] != self.sha[name]:
                     sys.exit(f"{self.runs[name]}: the checkpoint changed during the benchmark (still training?)")
                 (row,) = res["rows"]
@@ -355,9 +356,10 @@ def main() -> None:
 Written by `python benchmarks/robustness.py {shown_args(sys.argv[1:])}`.
 Scale: {scale}. FLOAT's points under the `{bench.dial.name}` dial. Evaluation on {images} (seeded subset
 {args.seed}), L∞ ε = 8/255. Pieces: {where}; this machine: {machine()} (2 vCPU, load average {load:.1f} at the end).
-Compute: {spent / 60:.0f} min over all pieces ({wall / 60:.0f} min this invocation). Every figure is one `floatedge eval` piece, cached under the run's
-checkpoint sha256; it evaluates the weights, α and recorded noise draw `floatedge export` writes (the eval result
-records the checkpoint's sha256 and the export refuses an evaluation of another checkpoint).
+Compute: {spent / 60:.0f} min over all pieces ({wall / 60:.0f} min this invocation). Every figure is one
+`floatedge eval` piece, cached under the run's checkpoint sha256; it evaluates the weights, α and recorded noise
+draw `floatedge export` writes (the eval result records the checkpoint's sha256 and the export refuses an evaluation
+of another checkpoint).
 {'Not run (skipped): ' + ', '.join(sorted(skip)) + ' — — in their cells.' if skip else ''}
 
 ### 1. The control at equal budget: PGD-20 vs AutoAttack

@@ -95,7 +95,8 @@ DEVICE = click.option("--device", type=click.Choice(config.DEVICES), default=con
 @_opt("--limit-train", field="limit_train", type=int, help="Train on a seeded random subset of N images.")
 @_opt("--seed", field="seed", type=int, help="Seeds data order, augmentation, attacks (the noise draw: seed + 1).")
 @DEVICE
-@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA (bf16 autocast where the GPU has it, else fp16 with a loss scaler).")
+@click.option("--no-amp", is_flag=True,
+              help="Disable mixed precision on CUDA (bf16 autocast where the GPU has it, else fp16 with a loss scaler).")
 @_opt("--threads", field="threads", type=int, help="torch CPU threads [default: torch's].")
 @click.option("--out", "out", type=click.Path(), required=True, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
