@@ -16,7 +16,12 @@ CA and PGD-20 RA on 1000 test images at λ_n ∈ {0, 0.2, 0.5, …, 0.9, 1}; APG
 ends and at λ_n = 0.7. Every figure is one `floatedge.train.evaluate.evaluate` piece of benchmarks/robustness.py's
 `Bench` (what `floatedge eval` runs and `floatedge export` deploys), cached under the checkpoint's sha256 in
 `--cache`; `--reuse` names other caches of the same pieces (read only), e.g. those a GPU filled. Writes the section
-`dial-vs-oat` of docs/RESULTS.md and docs/results/dial_vs_oat.png.
+`dial-vs-oat` of docs/RESULTS.md and docs/results/dial_vs_oat.png; `--section` and `--title` name another, e.g. for issue
+14's 10-epoch comparison:
+
+    python benchmarks/dial_vs_oat.py --set runs/fullscale:0 --set runs/fullscale:1 --section fullscale-compare \
+        --title "FLOAT vs OAT on all of CIFAR-10 for 10 epochs (issue 14, item 5)"
+
 """
 from __future__ import annotations
 
@@ -53,8 +58,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--apgd-in", default=None, help="comma-separated run-set directory names that get APGD-CE+T (5–10 "
                                                      "min a piece on this CPU) [default: every set]")
+    ap.add_argument("--section", default="dial-vs-oat",
+                    help="the RESULTS section to write (and docs/results/<section>.png) [default: dial-vs-oat]")
+    ap.add_argument("--title", default="FLOAT's dial against OAT on one budget (issue 15)")
+    ap.add_argument("--curves", default=None,
+                    help="comma-separated curve labels to draw [default: all: " + ", ".join(c[0] for c in CURVES) + "]")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    wanted = args.curves.split(",") if args.curves else [c[0] for c in CURVES]
+    if unknown := set(wanted) - {c[0] for c in CURVES}:
+        sys.exit(f"--curves: no curve named {', '.join(sorted(unknown))}")
     torch.set_num_threads(args.threads)
     sets = [(Path(v.rsplit(":", 1)[0]), int(v.rsplit(":", 1)[1])) for v in (args.sets or [f"{ROOT / 'runs' / 'gpu'}:0"])]
     cache = Path(args.cache)
@@ -79,7 +92,7 @@ def main() -> None:
         for run in runs.values():
             timing[shown(run)] = epoch_seconds(run)
         for label, role, dial, th in CURVES:
-            if role not in runs:
+            if role not in runs or label not in wanted:
                 continue
             bench = Bench({"float" if role == "floatmix" else role: runs[role]}, args.limit, 0,
                           cache, set(), args.device, args.data, dial)
@@ -103,13 +116,14 @@ def main() -> None:
     cfg = json.loads((meta_run / "config.json").read_text())["config"]
     epochs = timing[shown(meta_run)]["epochs"]
     seeds = ", ".join(str(seed) for _, seed in sets)
-    png = plot(results, FIGURES / "dial_vs_oat.png" if not args.no_write else cache.with_suffix(".png"),
+    stem = args.section.replace("-", "_")
+    png = plot(results, FIGURES / f"{stem}.png" if not args.no_write else cache.with_suffix(".png"),
                f"ResNet-20 on all of CIFAR-10, {epochs} epochs, seed(s) {seeds}: CA vs PGD-20 RA "
                f"({args.limit} test images; points labelled by λ_n)")
     body = section(results, timing, args, cfg, epochs, png, sets)
     if not args.no_write:
-        update_section("dial-vs-oat", body)
-        (FIGURES / "dial_vs_oat.json").write_text(json.dumps({"curves": results, "timing": timing}, indent=1))
+        update_section(args.section, body)
+        (FIGURES / f"{stem}.json").write_text(json.dumps({"curves": results, "timing": timing}, indent=1))
     print(body)
 
 
@@ -140,7 +154,7 @@ def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path
                        for label, rows in results.items())
     trows = "\n".join(f"| {name} | {t['epochs']} | {t['s_per_epoch']:.0f} | {t['images_per_s']:.0f} |"
                       for name, t in timing.items())
-    return f"""## FLOAT's dial against OAT on one budget (issue 15)
+    return f"""## {args.title}
 
 Written by `python benchmarks/dial_vs_oat.py {shown_args(sys.argv[1:])}`.
 Runs: {', '.join(f'`{shown(d)}` (seed {seed})' for d, seed in sets)} — ResNet-20, all 50,000 CIFAR-10 training

@@ -62,3 +62,10 @@ def test_dial_vs_oat_curves_from_one_run_set(run_set, tmp_path):
     assert cache.with_suffix(".png").stat().st_size > 10_000
     rows = [line for line in r.stdout.splitlines() if line.startswith("| 0.7 |")]
     assert rows and rows[0].count("(") == 5  # APGD-CE+T beside PGD-20 at λ_n = 0.7 on every curve
+    picked = bench("benchmarks/dial_vs_oat.py", "--set", f"{run_set}:0", "--limit", "8", "--cache", str(cache),
+                   "--no-write", "--threads", "1", "--curves", "FLOAT mix,OAT")
+    assert picked.returncode == 0, picked.stderr  # every piece cached by the first call
+    head = next(line for line in picked.stdout.splitlines() if line.startswith("| λ_n |"))
+    assert [c.strip() for c in head.split("|")[2:-1]] == [f"{c} · {run_set.name} s0" for c in ("FLOAT mix", "OAT")]
+    bad = bench("benchmarks/dial_vs_oat.py", "--set", f"{run_set}:0", "--curves", "FLOAT mix,PNI", "--no-write")
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == "--curves: no curve named PNI"
