@@ -118,7 +118,7 @@ def main() -> None:
     seeds = ", ".join(str(seed) for _, seed in sets)
     stem = args.section.replace("-", "_")
     png = plot(results, FIGURES / f"{stem}.png" if not args.no_write else cache.with_suffix(".png"),
-               f"ResNet-20 on all of CIFAR-10, {epochs} epochs, seed(s) {seeds}: CA vs PGD-20 RA "
+               f"ResNet-20 on all of CIFAR-10, {epochs} epochs, seed(s) {seeds}\nCA vs PGD-20 RA "
                f"({args.limit} test images; points labelled by λ_n)")
     body = section(results, timing, args, cfg, epochs, png, sets)
     if not args.no_write:
@@ -133,6 +133,30 @@ def trained_where(sets: list) -> str:
     return " ".join(f"`{shown(d)}` trained on one H200 (`benchmarks/gpu_fullscale.py`, bf16 autocast, four runs sharing "
                     "the GPU)." if d.name == "gpu" else f"`{shown(d)}` trained on this CPU in fp32 (same recipe)."
                     for d, _ in sets)
+
+
+def across_seeds(results: dict) -> str:
+    """CA / PGD-20 RA (APGD) per curve, mean over the seeds that have it, ± half the seed-to-seed range; only curves
+    that two or more run sets have. Empty when none has."""
+    by_curve: dict[str, list[list[dict]]] = {}
+    for label, rows in results.items():
+        by_curve.setdefault(label.split(" · ")[0], []).append(rows)
+    by_curve = {c: runs for c, runs in by_curve.items() if len(runs) > 1}
+    if not by_curve:
+        return ""
+
+    def cell(runs: list[list[dict]], lam: float) -> str:
+        pts = [next(r for r in rows if r["lambda_n"] == lam) for rows in runs]
+        def ms(vals: list[float]) -> str:
+            return f"{sum(vals) / len(vals):.1f} ± {(max(vals) - min(vals)) / 2:.1f}"
+        apgd = [p["apgd"] for p in pts]
+        tail = f" ({ms(apgd)})" if all(a is not None for a in apgd) else ""
+        return f"{ms([100 * p['clean_acc'] for p in pts])} / {ms([100 * p['pgd20_acc'] for p in pts])}{tail}"
+
+    head = "| λ_n | " + " | ".join(f"{c} ({len(runs)} seeds)" for c, runs in by_curve.items()) + " |"
+    body = "\n".join(f"| {lam:g} | " + " | ".join(cell(runs, lam) for runs in by_curve.values()) + " |" for lam in LAMBDAS)
+    return ("\nSeeds together: CA / PGD-20 RA % (APGD-CE+T), mean ± half the seed-to-seed range:\n\n"
+            f"{head}\n|---{'|---' * len(by_curve)}|\n{body}\n")
 
 
 def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path, sets: list) -> str:
@@ -150,6 +174,7 @@ def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path
     def where(rows: list[dict]) -> str:
         return ", ".join(f"{r['lambda_n']:g}" for r in rows if r["pareto_useful"]) or "none"
 
+    seeds_table = across_seeds(results)
     counts = "\n".join(f"- {label}: {sum(r['pareto_useful'] for r in rows)} Pareto-useful interior points (λ_n = {where(rows)})"
                        for label, rows in results.items())
     trows = "\n".join(f"| {name} | {t['epochs']} | {t['s_per_epoch']:.0f} | {t['images_per_s']:.0f} |"
@@ -169,7 +194,7 @@ points CA above its λ_n = 1, ≥ {RA_BAR:g} points RA above its λ_n = 0, domin
 {chr(10).join(lines)}
 
 {counts}
-
+{seeds_table}
 Plot: `{shown(png)}`.
 
 Training time per epoch (median over epochs 2–{epochs}; on the GPU four runs shared it, on the CPU other
