@@ -9,6 +9,12 @@ Pareto-useful points by issue 15's bar and writes the `lambda-dial` section of d
 Points that compute the same function (same noise scale s, BN weight t, width) are measured once for every curve that
 has them (λ_n = 0 and 1 under both switches and `mix`). Measured rows are kept in `--cache` as they come, so an
 interrupted run continues where it stopped.
+
+A FLOATS run is a dial per width: `--widths 1,0.75,0.5` measures every curve at each width (issue 15's bar counts
+Pareto-useful points per width), and `--section` writes that to its own section and plot, e.g.
+
+    python benchmarks/lambda_dial.py --run runs/floats5/floats_s0 --widths 1,0.75,0.5 --dials mix,switch@0 \
+        --lambdas 0,0.2,0.5,0.6,0.7,0.8,0.9,1 --section lambda-dial-widths
 """
 from __future__ import annotations
 
@@ -146,7 +152,8 @@ def main() -> None:
     ap.add_argument("--alt-lambdas", default="0,0.2,0.4,0.6,0.8,1", help="λ_n of the alternative schedules (mix-s1, mix-s0)")
     ap.add_argument("--dials", default="mix,switch@0.5,switch@0,mix-s1,mix-s0",
                     help="the curves, measured in this order: dial names, switch@λ_th for one switch curve")
-    ap.add_argument("--width", type=float, default=1.0, help="the width measured (FLOATS runs)")
+    ap.add_argument("--widths", default="1", help="comma-separated widths measured (FLOATS runs) [default: 1]")
+    ap.add_argument("--section", default="lambda-dial", help="the RESULTS section written (and its plot's name)")
     ap.add_argument("--data", default=None, help="read the test data from here, not the run's recorded path")
     ap.add_argument("--cache", default=None, help="measured rows (default runs/lambda_dial_<run name>.json)")
     ap.add_argument("--threads", type=int, default=None)
@@ -156,6 +163,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
+    try:
+        widths = [float(w) for w in args.widths.split(",") if w.strip()]
+    except ValueError:
+        raise SystemExit(f"--widths: {args.widths!r} is not a comma-separated list of numbers") from None
+    if not widths:
+        raise SystemExit("--widths: name at least one width")
     lambdas, alt = parse_lambdas(args.lambdas), parse_lambdas(args.alt_lambdas)
     if not {0.0, 1.0} <= set(lambdas) & set(alt):
         raise SystemExit("--lambdas and --alt-lambdas must include both ends, 0 and 1 (the bar is measured against them)")
@@ -170,17 +183,22 @@ def main() -> None:
     curves_spec.sort(key=lambda c: CURVES.index(c[:3]))
     cache_path = Path(args.cache) if args.cache else ROOT / "runs" / f"lambda_dial_{run.name}_{args.limit}.json"
     t0 = time.perf_counter()
-    cache = measure(run, measure_order, cache_path, args.limit, args.data, args.width, args.device)
+    for w in widths:
+        cache = measure(run, measure_order, cache_path, args.limit, args.data, w, args.device)
     minutes = (time.perf_counter() - t0) / 60
     meta = cache["_meta"]
-    curves = curves_from(cache, curves_spec, args.width)
+    curves = {}
+    for w in widths:  # one dial per width: the bar, the summary and the plot count each on its own
+        for label, rows in curves_from(cache, curves_spec, w).items():
+            curves[label if widths == [1.0] else f"{label} · w {w:g}"] = rows
     ref = (min(100 * r["clean_acc"] for rows in curves.values() for r in rows),
            min(100 * r[f"{ATTACK}_acc"] for rows in curves.values() for r in rows))
     summary = {label: {"pareto_useful": [r["lambda_n"] for r in rows if r["pareto_useful"]], "area": area(rows, ref)}
                for label, rows in curves.items()}
     best = max(summary, key=lambda k: (len(summary[k]["pareto_useful"]), summary[k]["area"]))
-    stem = f"lambda_dial_{run.name}"
-    title = (f"FLOAT {meta['arch']} ({run.name}, {meta['epochs']} epochs) on {meta['dataset']}: one checkpoint under each dial\n"
+    stem = f"lambda_dial_{run.name}" if args.section == "lambda-dial" else args.section.replace("-", "_")
+    title = (f"{meta['method'].upper()} {meta['arch']} ({run.name}, {meta['epochs']} epochs) on {meta['dataset']}: "
+             "one checkpoint under each dial\n"
              f"({meta['n_images']} test images; points labelled by λ_n)")
     png = plot(curves, (FIGURES if not args.no_write else ROOT / "runs") / f"{stem}.png", title)
     data = {"run": shown(run), "meta": meta, "curves": curves, "summary": summary, "best": best,
@@ -191,10 +209,11 @@ def main() -> None:
     lines = "\n".join(f"- {label}: Pareto-useful at λ_n = {', '.join(f'{v:g}' for v in s['pareto_useful']) or 'none'} "
                       f"({len(s['pareto_useful'])}); area above the common corner {s['area']:.0f} points²"
                       for label, s in summary.items())
-    body = f"""## λ_n as a dial: FLOAT's switch vs BN interpolation, one checkpoint (issue 15)
+    per_width = "" if widths == [1.0] else f" at widths {', '.join(f'{w:g}' for w in widths)} (a dial per width)"
+    body = f"""## λ_n as a dial: {meta['method'].upper()}'s switch vs BN interpolation, one checkpoint{per_width} (issue 15)
 
 Written by `benchmarks/lambda_dial.py` (`python benchmarks/lambda_dial.py {shown_args(sys.argv[1:])}`).
-Model: `{shown(run)}`, FLOAT {meta['arch']} on {meta['dataset']}, {meta['epochs']} epochs; no retraining — every
+Model: `{shown(run)}`, {meta['method'].upper()} {meta['arch']} on {meta['dataset']}, {meta['epochs']} epochs; no retraining — every
 curve is this checkpoint under another dial (`floatedge.oppoint.DIALS`), measured by `floatedge eval --dial`'s
 code, which is what `floatedge export --dial` deploys. CA and {ATTACK.upper()} RA (ε = {meta['eps'] * 255:.3g}/255) on
 {meta['n_images']} test images (seeded subset {meta['subset_seed']}). Machine: {machine()}, 2 vCPU shared with a
@@ -210,7 +229,7 @@ robust end λ_n = 1, ≥ {RA_BAR:g} points of RA above the clean end λ_n = 0, d
 Plot: `{shown(png)}`. Most Pareto-useful points (then the largest area): **{best}**.
 """
     if not args.no_write:
-        update_section("lambda-dial", body)
+        update_section(args.section, body)
     print(body)
 
 

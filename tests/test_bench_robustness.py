@@ -69,3 +69,22 @@ def test_dial_vs_oat_curves_from_one_run_set(run_set, tmp_path):
     assert [c.strip() for c in head.split("|")[2:-1]] == [f"{c} · {run_set.name} s0" for c in ("FLOAT mix", "OAT")]
     bad = bench("benchmarks/dial_vs_oat.py", "--set", f"{run_set}:0", "--curves", "FLOAT mix,PNI", "--no-write")
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == "--curves: no curve named PNI"
+
+
+def test_lambda_dial_counts_each_width_of_a_floats_run(floats_run, tmp_path):
+    cache = tmp_path / "ld.json"
+    args = ("benchmarks/lambda_dial.py", "--run", str(floats_run), "--widths", "1,0.5", "--dials", "mix,switch@0",
+            "--lambdas", "0,0.5,1", "--alt-lambdas", "0,1", "--limit", "8", "--cache", str(cache), "--no-write",
+            "--threads", "1", "--section", "lambda-dial-widths")
+    r = bench(*args)
+    assert r.returncode == 0, r.stderr
+    head = next(line for line in r.stdout.splitlines() if line.startswith("| λ_n |"))
+    assert [c.strip() for c in head.split("|")[2:-1]] == [
+        "switch λ_th=0 · w 1", "mix (t = s = λ) · w 1", "switch λ_th=0 · w 0.5", "mix (t = s = λ) · w 0.5"]
+    counted = [line for line in r.stdout.splitlines() if line.startswith("- ")]
+    assert len(counted) == 4 and all("Pareto-useful at λ_n" in line for line in counted)
+    # the ends are shared by both dials: 2 widths × (2 ends + mix 0.5 + switch 0.5) = 8 points, each measured once
+    assert len([k for k in json.loads(cache.read_text()) if k != "_meta"]) == 8
+    assert "FLOATS" in r.stdout and "at widths 1, 0.5 (a dial per width)" in r.stdout
+    bad = bench(*args[:3], "--widths", "1,half", "--no-write")
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("--widths: '1,half' is not")
