@@ -28,7 +28,7 @@ import torch
 from _results import FIGURES, ROOT, machine, shown, shown_args, update_section
 
 from floatedge.fsutil import atomic_write_json
-from floatedge.oppoint import DIALS, OperatingPoint, parse_lambdas
+from floatedge.oppoint import DIALS, OperatingPoint, OperatingPointError, parse_lambdas, parse_widths
 from floatedge.train.evaluate import curve_style, evaluate, place_labels, pyplot, save_png, set_span
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))
@@ -71,12 +71,12 @@ def area(rows: list[dict], ref: tuple[float, float]) -> float:
     return total
 
 
-def measure(run: Path, curves, cache_path: Path, limit: int, data: str | None, width: float,
+def measure(run: Path, curves, cache_path: Path, limit: int, data: str | None, widths: tuple[float, ...],
             device: str = "cpu") -> dict:
-    """Every (curve, λ_n) not in the cache, one point per `evaluate` call, each written to the cache at once."""
+    """Every (width, curve, λ_n) not in the cache, one point per `evaluate` call, each written to the cache at once."""
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     meta = cache.pop("_meta", {})
-    for label, dial, th, lambdas in curves:
+    for width, (label, dial, th, lambdas) in ((w, c) for w in widths for c in curves):
         for lam in lambdas:
             key = point_key(lam, width, th, dial)
             if key in cache:
@@ -164,11 +164,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     run = Path(args.run)
     try:
-        widths = [float(w) for w in args.widths.split(",") if w.strip()]
-    except ValueError:
-        raise SystemExit(f"--widths: {args.widths!r} is not a comma-separated list of numbers") from None
-    if not widths:
-        raise SystemExit("--widths: name at least one width")
+        widths = parse_widths(args.widths)
+    except OperatingPointError as exc:
+        raise SystemExit(f"--widths: {args.widths!r} is not a comma-separated list of widths ({exc})") from None
     lambdas, alt = parse_lambdas(args.lambdas), parse_lambdas(args.alt_lambdas)
     if not {0.0, 1.0} <= set(lambdas) & set(alt):
         raise SystemExit("--lambdas and --alt-lambdas must include both ends, 0 and 1 (the bar is measured against them)")
@@ -183,14 +181,13 @@ def main() -> None:
     curves_spec.sort(key=lambda c: CURVES.index(c[:3]))
     cache_path = Path(args.cache) if args.cache else ROOT / "runs" / f"lambda_dial_{run.name}_{args.limit}.json"
     t0 = time.perf_counter()
-    for w in widths:
-        cache = measure(run, measure_order, cache_path, args.limit, args.data, w, args.device)
+    cache = measure(run, measure_order, cache_path, args.limit, args.data, widths, args.device)
     minutes = (time.perf_counter() - t0) / 60
     meta = cache["_meta"]
     curves = {}
     for w in widths:  # one dial per width: the bar, the summary and the plot count each on its own
         for label, rows in curves_from(cache, curves_spec, w).items():
-            curves[label if widths == [1.0] else f"{label} · w {w:g}"] = rows
+            curves[label if widths == (1.0,) else f"{label} · w {w:g}"] = rows
     ref = (min(100 * r["clean_acc"] for rows in curves.values() for r in rows),
            min(100 * r[f"{ATTACK}_acc"] for rows in curves.values() for r in rows))
     summary = {label: {"pareto_useful": [r["lambda_n"] for r in rows if r["pareto_useful"]], "area": area(rows, ref)}
@@ -209,7 +206,7 @@ def main() -> None:
     lines = "\n".join(f"- {label}: Pareto-useful at λ_n = {', '.join(f'{v:g}' for v in s['pareto_useful']) or 'none'} "
                       f"({len(s['pareto_useful'])}); area above the common corner {s['area']:.0f} points²"
                       for label, s in summary.items())
-    per_width = "" if widths == [1.0] else f" at widths {', '.join(f'{w:g}' for w in widths)} (a dial per width)"
+    per_width = "" if widths == (1.0,) else f" at widths {', '.join(f'{w:g}' for w in widths)} (a dial per width)"
     body = f"""## λ_n as a dial: {meta['method'].upper()}'s switch vs BN interpolation, one checkpoint{per_width} (issue 15)
 
 Written by `benchmarks/lambda_dial.py` (`python benchmarks/lambda_dial.py {shown_args(sys.argv[1:])}`).
