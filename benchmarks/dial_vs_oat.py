@@ -20,7 +20,10 @@ ends and at λ_n = 0.7. Every figure is one `floatedge.train.evaluate.evaluate` 
 14's 10-epoch comparison:
 
     python benchmarks/dial_vs_oat.py --set runs/fullscale:0 --set runs/fullscale:1 --section fullscale-compare \
-        --title "FLOAT vs OAT on all of CIFAR-10 for 10 epochs (issue 14, item 5)"
+        --title "FLOAT vs OAT on all of CIFAR-10 for 10 epochs (issue 14, item 5)" --beside dial-vs-oat
+
+Every section also tests the FLOAT paper's claim (FLOAT's CA and RA ≥ OAT's at every λ_n) on the seed means;
+`--beside SECTION` adds a table of this section's figures next to an earlier section's (here: 10 epochs next to 5).
 
 """
 from __future__ import annotations
@@ -63,11 +66,19 @@ def main() -> None:
     ap.add_argument("--title", default="FLOAT's dial against OAT on one budget (issue 15)")
     ap.add_argument("--curves", default=None,
                     help="comma-separated curve labels to draw [default: all: " + ", ".join(c[0] for c in CURVES) + "]")
+    ap.add_argument("--beside", default=None, metavar="SECTION",
+                    help="also tabulate this section's seed means next to SECTION's (a section this script wrote "
+                         "earlier, read from docs/results/<section>.json), e.g. dial-vs-oat")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     wanted = args.curves.split(",") if args.curves else [c[0] for c in CURVES]
     if unknown := set(wanted) - {c[0] for c in CURVES}:
         sys.exit(f"--curves: no curve named {', '.join(sorted(unknown))}")
+    other = None
+    if args.beside:
+        if not (f := FIGURES / f"{args.beside.replace('-', '_')}.json").exists():
+            sys.exit(f"--beside: no section {args.beside} written by this script ({shown(f)} missing)")
+        other = json.loads(f.read_text())
     torch.set_num_threads(args.threads)
     sets = [(Path(v.rsplit(":", 1)[0]), int(v.rsplit(":", 1)[1])) for v in (args.sets or [f"{ROOT / 'runs' / 'gpu'}:0"])]
     cache = Path(args.cache)
@@ -121,6 +132,8 @@ def main() -> None:
                f"ResNet-20 on all of CIFAR-10, {epochs} epochs, seed(s) {seeds}\nCA vs PGD-20 RA "
                f"({args.limit} test images; points labelled by λ_n)")
     body = section(results, timing, args, cfg, epochs, png, sets)
+    if other is not None:
+        body += beside(results, epochs, other, args.beside)
     if not args.no_write:
         update_section(args.section, body)
         (FIGURES / f"{stem}.json").write_text(json.dumps({"curves": results, "timing": timing}, indent=1))
@@ -135,14 +148,28 @@ def trained_where(sets: list) -> str:
                     for d, _ in sets)
 
 
+def by_curve(results: dict) -> dict[str, list[list[dict]]]:
+    """Group `results` ("<curve> · <set> s<seed>" → rows) by curve: curve → one row list per seed."""
+    out: dict[str, list[list[dict]]] = {}
+    for label, rows in results.items():
+        out.setdefault(label.split(" · ")[0], []).append(rows)
+    return out
+
+
+def mean_point(runs: list[list[dict]], lam: float) -> dict:
+    """CA, PGD-20 RA and APGD RA (None unless every seed has it) in %, averaged over the seeds at λ_n = `lam`."""
+    pts = [next(r for r in rows if r["lambda_n"] == lam) for rows in runs]
+    apgd = [p["apgd"] for p in pts]
+    return {"ca": sum(100 * p["clean_acc"] for p in pts) / len(pts),
+            "pgd20": sum(100 * p["pgd20_acc"] for p in pts) / len(pts),
+            "apgd": sum(apgd) / len(apgd) if all(a is not None for a in apgd) else None}
+
+
 def across_seeds(results: dict) -> str:
     """CA / PGD-20 RA (APGD) per curve, mean over the seeds that have it, ± half the seed-to-seed range; only curves
     that two or more run sets have. Empty when none has."""
-    by_curve: dict[str, list[list[dict]]] = {}
-    for label, rows in results.items():
-        by_curve.setdefault(label.split(" · ")[0], []).append(rows)
-    by_curve = {c: runs for c, runs in by_curve.items() if len(runs) > 1}
-    if not by_curve:
+    grouped = {c: runs for c, runs in by_curve(results).items() if len(runs) > 1}
+    if not grouped:
         return ""
 
     def cell(runs: list[list[dict]], lam: float) -> str:
@@ -153,10 +180,56 @@ def across_seeds(results: dict) -> str:
         tail = f" ({ms(apgd)})" if all(a is not None for a in apgd) else ""
         return f"{ms([100 * p['clean_acc'] for p in pts])} / {ms([100 * p['pgd20_acc'] for p in pts])}{tail}"
 
-    head = "| λ_n | " + " | ".join(f"{c} ({len(runs)} seeds)" for c, runs in by_curve.items()) + " |"
-    body = "\n".join(f"| {lam:g} | " + " | ".join(cell(runs, lam) for runs in by_curve.values()) + " |" for lam in LAMBDAS)
+    head = "| λ_n | " + " | ".join(f"{c} ({len(runs)} seeds)" for c, runs in grouped.items()) + " |"
+    body = "\n".join(f"| {lam:g} | " + " | ".join(cell(runs, lam) for runs in grouped.values()) + " |" for lam in LAMBDAS)
     return ("\nSeeds together: CA / PGD-20 RA % (APGD-CE+T), mean ± half the seed-to-seed range:\n\n"
-            f"{head}\n|---{'|---' * len(by_curve)}|\n{body}\n")
+            f"{head}\n|---{'|---' * len(grouped)}|\n{body}\n")
+
+
+def verdict(results: dict) -> str:
+    """The FLOAT paper's claim, tested: FLOAT's CA and RA equal to or above OAT's at every λ_n (paper, Table 2 and
+    Fig. 4). Seed means; for each FLOAT curve, the λ_n where it holds under PGD-20 and, where measured, APGD-CE+T,
+    and the gap at the robust end. Empty without an OAT curve."""
+    grouped = by_curve(results)
+    if "OAT" not in grouped:
+        return ""
+    oat = {lam: mean_point(grouped["OAT"], lam) for lam in LAMBDAS}
+    lines = []
+    for curve in (c for c in grouped if c.startswith("FLOAT")):
+        pts = {lam: mean_point(grouped[curve], lam) for lam in LAMBDAS}
+        held = [lam for lam in LAMBDAS if pts[lam]["ca"] >= oat[lam]["ca"] and pts[lam]["pgd20"] >= oat[lam]["pgd20"]]
+        strong = [lam for lam in LAMBDAS if pts[lam]["apgd"] is not None and oat[lam]["apgd"] is not None]
+        held_a = [lam for lam in strong if pts[lam]["ca"] >= oat[lam]["ca"] and pts[lam]["apgd"] >= oat[lam]["apgd"]]
+        end = pts[1.0]
+        d_apgd = (f", APGD RA {end['apgd'] - oat[1.0]['apgd']:+.1f}" if end["apgd"] is not None
+                  and oat[1.0]["apgd"] is not None else "")
+        lines.append(f"- {curve} vs OAT: CA and PGD-20 RA both ≥ OAT's at {len(held)} of {len(LAMBDAS)} λ_n"
+                     f" ({', '.join(f'{x:g}' for x in held) or 'none'}); with APGD-CE+T at {len(held_a)} of "
+                     f"{len(strong)} ({', '.join(f'{x:g}' for x in held_a) or 'none'}). At λ_n = 1: CA "
+                     f"{end['ca'] - oat[1.0]['ca']:+.1f}, PGD-20 RA {end['pgd20'] - oat[1.0]['pgd20']:+.1f}{d_apgd}. "
+                     f"**The claim {'holds' if len(held) == len(LAMBDAS) and len(held_a) == len(strong) else 'does not hold'}.**")
+    return ("\nThe FLOAT paper's claim — FLOAT's CA and RA equal to or above OAT's at every λ_n — tested on the seed "
+            "means (differences in points, FLOAT − OAT):\n\n" + "\n".join(lines) + "\n")
+
+
+def beside(results: dict, epochs: int, other: dict, other_name: str) -> str:
+    """This section's seed means next to another section's (`other`: the docs/results JSON a run of this script wrote,
+    e.g. the 5-epoch `dial-vs-oat`), at the λ_n that carry APGD-CE+T, for the curves both have."""
+    mine, theirs = by_curve(results), by_curve(other["curves"])
+    other_epochs = next(iter(other["timing"].values()))["epochs"]
+    def fmt(p: dict) -> str:
+        return f"{p['ca']:.1f} / {p['pgd20']:.1f}" + (f" ({p['apgd']:.1f})" if p["apgd"] is not None else "")
+    rows = []
+    for curve in (c for c in mine if c in theirs):
+        for lam in APGD_AT:
+            a, b = mean_point(theirs[curve], lam), mean_point(mine[curve], lam)
+            d = f"{b['ca'] - a['ca']:+.1f} / {b['pgd20'] - a['pgd20']:+.1f}" + (
+                f" ({b['apgd'] - a['apgd']:+.1f})" if a["apgd"] is not None and b["apgd"] is not None else "")
+            rows.append(f"| {curve} | {lam:g} | {fmt(a)} ({len(theirs[curve])} seeds) | {fmt(b)} ({len(mine[curve])} "
+                        f"seeds) | {d} |")
+    return (f"\nNext to section `{other_name}` ({other_epochs} epochs): CA / PGD-20 RA % (APGD-CE+T), seed means:\n\n"
+            f"| curve | λ_n | `{other_name}`, {other_epochs} epochs | here, {epochs} epochs | change |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
 
 
 def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path, sets: list) -> str:
@@ -194,7 +267,7 @@ points CA above its λ_n = 1, ≥ {RA_BAR:g} points RA above its λ_n = 0, domin
 {chr(10).join(lines)}
 
 {counts}
-{seeds_table}
+{seeds_table}{verdict(results)}
 Plot: `{shown(png)}`.
 
 Training time per epoch (median over epochs 2–{epochs}; on the GPU four runs shared it, on the CPU other

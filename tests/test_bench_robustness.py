@@ -63,10 +63,18 @@ def test_dial_vs_oat_curves_from_one_run_set(run_set, tmp_path):
     rows = [line for line in r.stdout.splitlines() if line.startswith("| 0.7 |")]
     assert rows and rows[0].count("(") == 5  # APGD-CE+T beside PGD-20 at λ_n = 0.7 on every curve
     picked = bench("benchmarks/dial_vs_oat.py", "--set", f"{run_set}:0", "--limit", "8", "--cache", str(cache),
-                   "--no-write", "--threads", "1", "--curves", "FLOAT mix,OAT")
+                   "--no-write", "--threads", "1", "--curves", "FLOAT mix,OAT", "--beside", "dial-vs-oat")
     assert picked.returncode == 0, picked.stderr  # every piece cached by the first call
     head = next(line for line in picked.stdout.splitlines() if line.startswith("| λ_n |"))
     assert [c.strip() for c in head.split("|")[2:-1]] == [f"{c} · {run_set.name} s0" for c in ("FLOAT mix", "OAT")]
+    # the paper's claim, tested against OAT; the earlier section's figures beside these, at the 3 APGD points
+    assert sum(line.startswith("- FLOAT mix vs OAT: ") and "**The claim " in line for line in picked.stdout.splitlines()) == 1
+    beside = [line for line in picked.stdout.split("Next to section `dial-vs-oat`")[1].splitlines()
+              if line.startswith(("| FLOAT", "| OAT"))]
+    assert [row.split("|")[1:3] for row in beside] == [[f" {c} ", f" {lam} "] for c in ("FLOAT mix", "OAT")
+                                                       for lam in ("0", "0.7", "1")]
+    bad = bench("benchmarks/dial_vs_oat.py", "--set", f"{run_set}:0", "--beside", "no-such", "--no-write")
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("--beside: no section no-such")
     bad = bench("benchmarks/dial_vs_oat.py", "--set", f"{run_set}:0", "--curves", "FLOAT mix,PNI", "--no-write")
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == "--curves: no curve named PNI"
 
