@@ -59,8 +59,9 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="read the test data from here, not the runs' recorded path")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--apgd-in", default=None, help="comma-separated run-set directory names that get APGD-CE+T (5–10 "
-                                                     "min a piece on this CPU) [default: every set]")
+    ap.add_argument("--apgd-in", default=None, help="comma-separated run sets that get APGD-CE+T (5–10 min a piece on "
+                                                     "this CPU), each a directory name (every seed) or NAME:SEED "
+                                                     "[default: every set]")
     ap.add_argument("--section", default="dial-vs-oat",
                     help="the RESULTS section to write (and docs/results/<section>.png) [default: dial-vs-oat]")
     ap.add_argument("--title", default="FLOAT's dial against OAT on one budget (issue 15)")
@@ -83,8 +84,8 @@ def main() -> None:
     sets = [(Path(v.rsplit(":", 1)[0]), int(v.rsplit(":", 1)[1])) for v in (args.sets or [f"{ROOT / 'runs' / 'gpu'}:0"])]
     cache = Path(args.cache)
 
-    def apgd(runs_dir: Path) -> bool:
-        return args.apgd_in is None or runs_dir.name in args.apgd_in.split(",")
+    def apgd(runs_dir: Path, seed: int) -> bool:
+        return args.apgd_in is None or bool({runs_dir.name, f"{runs_dir.name}:{seed}"} & set(args.apgd_in.split(",")))
 
     reused = {}
     for f in filter(None, args.reuse.split(",")):
@@ -111,7 +112,7 @@ def main() -> None:
             name = "float" if role == "floatmix" else role
             for lam in LAMBDAS:
                 bench.want(name, lam, th, "pgd20")
-            for lam in APGD_AT if apgd(runs_dir) else ():
+            for lam in APGD_AT if apgd(runs_dir, seed) else ():
                 bench.want(name, lam, th, "apgd-ce-t")
             bench.compute()
             rows = []
@@ -203,9 +204,10 @@ def verdict(results: dict) -> str:
         end = pts[1.0]
         d_apgd = (f", APGD RA {end['apgd'] - oat[1.0]['apgd']:+.1f}" if end["apgd"] is not None
                   and oat[1.0]["apgd"] is not None else "")
+        with_apgd = (f"with APGD-CE+T at {len(held_a)} of {len(strong)} ({', '.join(f'{x:g}' for x in held_a) or 'none'})"
+                     if strong else "APGD-CE+T not measured on every seed")
         lines.append(f"- {curve} vs OAT: CA and PGD-20 RA both ≥ OAT's at {len(held)} of {len(LAMBDAS)} λ_n"
-                     f" ({', '.join(f'{x:g}' for x in held) or 'none'}); with APGD-CE+T at {len(held_a)} of "
-                     f"{len(strong)} ({', '.join(f'{x:g}' for x in held_a) or 'none'}). At λ_n = 1: CA "
+                     f" ({', '.join(f'{x:g}' for x in held) or 'none'}); {with_apgd}. At λ_n = 1: CA "
                      f"{end['ca'] - oat[1.0]['ca']:+.1f}, PGD-20 RA {end['pgd20'] - oat[1.0]['pgd20']:+.1f}{d_apgd}. "
                      f"**The claim {'holds' if len(held) == len(LAMBDAS) and len(held_a) == len(strong) else 'does not hold'}.**")
     return ("\nThe FLOAT paper's claim — FLOAT's CA and RA equal to or above OAT's at every λ_n — tested on the seed "
@@ -259,7 +261,8 @@ Runs: {', '.join(f'`{shown(d)}` (seed {seed})' for d, seed in sets)} — ResNet-
 images, {epochs} epochs (cosine schedule over {cfg['epochs']}), batch {cfg['batch_size']}, PGD-{cfg['pgd_steps']}
 training attack. {trained_where(sets)} Evaluation here:
 CA / PGD-20 RA % on {args.limit} test images (seeded subset 0), ε = 8/255; in brackets APGD-CE+T (pyautoattack
-custom: APGD-CE and APGD-T) at λ_n = 0, 0.7 and 1. Curves: FLOAT switch@λ_th = FLOAT as specified (Eq. 5);
+custom: APGD-CE and APGD-T) at λ_n = 0, 0.7 and 1{f" (run sets {args.apgd_in} only)" if args.apgd_in else ""}.
+Curves: FLOAT switch@λ_th = FLOAT as specified (Eq. 5);
 FLOAT mix = the same checkpoint under the `mix` dial (no retraining); FLOAT-mix mix = FLOAT trained with
 `--train-dial mix`, under `mix`; OAT. **Bold** = Pareto-useful by issue 15's bar (interior, ≥ {CA_BAR:g}
 points CA above its λ_n = 1, ≥ {RA_BAR:g} points RA above its λ_n = 0, dominated by no point of its own curve).

@@ -63,10 +63,13 @@ def test_dial_vs_oat_curves_from_one_run_set(run_set, tmp_path):
     rows = [line for line in r.stdout.splitlines() if line.startswith("| 0.7 |")]
     assert rows and rows[0].count("(") == 5  # APGD-CE+T beside PGD-20 at λ_n = 0.7 on every curve
     picked = bench("benchmarks/dial_vs_oat.py", "--set", f"{run_set}:0", "--limit", "8", "--cache", str(cache),
-                   "--no-write", "--threads", "1", "--curves", "FLOAT mix,OAT", "--beside", "dial-vs-oat")
+                   "--no-write", "--threads", "1", "--curves", "FLOAT mix,OAT", "--beside", "dial-vs-oat",
+                   "--apgd-in", f"{run_set.name}:1")  # APGD for a seed not in this call: PGD-20 only
     assert picked.returncode == 0, picked.stderr  # every piece cached by the first call
     head = next(line for line in picked.stdout.splitlines() if line.startswith("| λ_n |"))
     assert [c.strip() for c in head.split("|")[2:-1]] == [f"{c} · {run_set.name} s0" for c in ("FLOAT mix", "OAT")]
+    rows = [line for line in picked.stdout.splitlines() if line.startswith("| 0.7 |")]
+    assert rows and "(" not in rows[0]
     # the paper's claim, tested against OAT; the earlier section's figures beside these, at the 3 APGD points
     assert sum(line.startswith("- FLOAT mix vs OAT: ") and "**The claim " in line for line in picked.stdout.splitlines()) == 1
     beside = [line for line in picked.stdout.split("Next to section `dial-vs-oat`")[1].splitlines()
