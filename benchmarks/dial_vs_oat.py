@@ -118,7 +118,7 @@ def main() -> None:
             rows = []
             for lam in LAMBDAS:
                 p = bench.get(name, lam, th, "pgd20")
-                a = bench.get(name, lam, th, "apgd-ce-t") if lam in APGD_AT else None
+                a = bench.get(name, lam, th, "apgd-ce-t") if lam in APGD_AT and apgd(runs_dir, seed) else None
                 rows.append({"lambda_n": lam, "dial": dial if role != "oat" else "oat", "clean_acc": p["clean"],
                              "pgd20_acc": p["acc"], "apgd": None if a is None else 100 * a["acc"]})
             for r, u in zip(rows, pareto(rows), strict=True):
@@ -146,7 +146,7 @@ def trained_where(sets: list) -> str:
     other on this CPU in fp32."""
     return " ".join(f"`{shown(d)}` trained on one H200 (`benchmarks/gpu_fullscale.py`, bf16 autocast, four runs sharing "
                     "the GPU)." if d.name == "gpu" else f"`{shown(d)}` trained on this CPU in fp32 (same recipe)."
-                    for d, _ in sets)
+                    for d in dict.fromkeys(d for d, _ in sets))
 
 
 def by_curve(results: dict) -> dict[str, list[list[dict]]]:
