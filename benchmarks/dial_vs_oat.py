@@ -77,7 +77,7 @@ def main() -> None:
         sys.exit(f"--curves: no curve named {', '.join(sorted(unknown))}")
     other = None
     if args.beside:
-        if not (f := FIGURES / f"{args.beside.replace('-', '_')}.json").exists():
+        if not (f := FIGURES / f"{figure_stem(args.beside)}.json").exists():
             sys.exit(f"--beside: no section {args.beside} written by this script ({shown(f)} missing)")
         other = json.loads(f.read_text())
     torch.set_num_threads(args.threads)
@@ -103,6 +103,7 @@ def main() -> None:
             sys.exit(f"{runs_dir / f'float_s{seed}'}: no run there ({CHECKPOINT} missing)")
         for run in runs.values():
             timing[shown(run)] = epoch_seconds(run)
+        strong = APGD_AT if apgd(runs_dir, seed) else ()  # the λ_n that get APGD-CE+T in this set
         for label, role, dial, th in CURVES:
             if role not in runs or label not in wanted:
                 continue
@@ -112,13 +113,13 @@ def main() -> None:
             name = "float" if role == "floatmix" else role
             for lam in LAMBDAS:
                 bench.want(name, lam, th, "pgd20")
-            for lam in APGD_AT if apgd(runs_dir, seed) else ():
+            for lam in strong:
                 bench.want(name, lam, th, "apgd-ce-t")
             bench.compute()
             rows = []
             for lam in LAMBDAS:
                 p = bench.get(name, lam, th, "pgd20")
-                a = bench.get(name, lam, th, "apgd-ce-t") if lam in APGD_AT and apgd(runs_dir, seed) else None
+                a = bench.get(name, lam, th, "apgd-ce-t") if lam in strong else None
                 rows.append({"lambda_n": lam, "dial": dial if role != "oat" else "oat", "clean_acc": p["clean"],
                              "pgd20_acc": p["acc"], "apgd": None if a is None else 100 * a["acc"]})
             for r, u in zip(rows, pareto(rows), strict=True):
@@ -128,7 +129,7 @@ def main() -> None:
     cfg = json.loads((meta_run / "config.json").read_text())["config"]
     epochs = timing[shown(meta_run)]["epochs"]
     seeds = ", ".join(str(seed) for _, seed in sets)
-    stem = args.section.replace("-", "_")
+    stem = figure_stem(args.section)
     png = plot(results, FIGURES / f"{stem}.png" if not args.no_write else cache.with_suffix(".png"),
                f"ResNet-20 on all of CIFAR-10, {epochs} epochs, seed(s) {seeds}\nCA vs PGD-20 RA "
                f"({args.limit} test images; points labelled by λ_n)")
@@ -139,6 +140,11 @@ def main() -> None:
         update_section(args.section, body)
         (FIGURES / f"{stem}.json").write_text(json.dumps({"curves": results, "timing": timing}, indent=1))
     print(body)
+
+
+def figure_stem(section: str) -> str:
+    """docs/results/<stem>.png and .json of a RESULTS section."""
+    return section.replace("-", "_")
 
 
 def trained_where(sets: list) -> str:
@@ -202,8 +208,7 @@ def verdict(results: dict) -> str:
         strong = [lam for lam in LAMBDAS if pts[lam]["apgd"] is not None and oat[lam]["apgd"] is not None]
         held_a = [lam for lam in strong if pts[lam]["ca"] >= oat[lam]["ca"] and pts[lam]["apgd"] >= oat[lam]["apgd"]]
         end = pts[1.0]
-        d_apgd = (f", APGD RA {end['apgd'] - oat[1.0]['apgd']:+.1f}" if end["apgd"] is not None
-                  and oat[1.0]["apgd"] is not None else "")
+        d_apgd = f", APGD RA {end['apgd'] - oat[1.0]['apgd']:+.1f}" if 1.0 in strong else ""
         with_apgd = (f"with APGD-CE+T at {len(held_a)} of {len(strong)} ({', '.join(f'{x:g}' for x in held_a) or 'none'})"
                      if strong else "APGD-CE+T not measured on every seed")
         lines.append(f"- {curve} vs OAT: CA and PGD-20 RA both ≥ OAT's at {len(held)} of {len(LAMBDAS)} λ_n"
