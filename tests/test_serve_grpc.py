@@ -79,7 +79,7 @@ def test_hand_built_messages(bundle, tmp_path):
 
 def test_sigterm_drains_grpc_calls_in_flight_and_refuses_new_ones(bundle, tmp_path):
     cfg = tmp_path / "serve.toml"
-    cfg.write_text("batching = true\nbatch_delay_ms = 1500.0\nbatch_max = 64\n")  # calls wait in the batcher
+    cfg.write_text("batching = true\nbatch_delay_ms = 3000.0\nbatch_max = 64\n")  # calls wait in the batcher
     server = ServerProc(tmp_path, bundle, config=cfg).wait_ready()
     x = images(bundle, 2)
     results, errors = [], []
@@ -106,7 +106,7 @@ def test_sigterm_drains_grpc_calls_in_flight_and_refuses_new_ones(bundle, tmp_pa
         server.wait_event("stopping")
         with pytest.raises(InferenceServerException) as e:
             infer_one(late, x[:1])
-        assert "UNAVAILABLE" in e.value.status(), e.value
+        assert "UNAVAILABLE" in e.value.status() and "server is stopping" in e.value.message(), e.value
         for t in callers:
             t.join(60)
         code = server.proc.wait(60)

@@ -89,11 +89,15 @@ class Slot:
             if self.inflight == 0:
                 self.cond.notify_all()
 
+    def idle(self, timeout: float) -> bool:
+        """Wait (up to `timeout`) until no request is in flight; True if none is."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.inflight == 0, timeout=timeout)
+
     def close(self, timeout: float) -> None:
         """Wait (up to `timeout`) for its requests in flight, then release the runtime."""
         self.retired = True
-        with self.cond:
-            self.cond.wait_for(lambda: self.inflight == 0, timeout=timeout)
+        self.idle(timeout)
         if self.batcher is not None:
             self.batcher.close()
         self.runtime.close()
@@ -182,6 +186,10 @@ class Core:
         return slot
 
     def infer(self, req: InferRequest) -> InferResponse:
+        if self.draining:  # calls in flight finish; a new one is told to go elsewhere (daemon/server.py)
+            self.metrics.failure("REJECTED")
+            raise ServeError(503, "the server is stopping: it finishes the requests in flight and takes no new ones; "
+                                  "retry on another replica")
         t0 = req.received or time.perf_counter()
         ts = req.started or t0
         slot = self.current(req.model, req.version)

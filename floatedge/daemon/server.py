@@ -1,9 +1,13 @@
 """`floatedge serve` put together: the core, REST (uvicorn), gRPC, metrics, signals, systemd, the timers.
 
 Start-up: read the last-good record (a restart after a crash serves that bundle), open and warm the bundle,
-bind every port, then `READY=1`. SIGTERM/SIGINT: readiness turns false, `STOPPING=1`, the listeners close,
-requests in flight finish (up to `drain_timeout_s`), exit 0. SIGHUP: re-read the config file and apply what
-can change live. Logs are JSON lines on stderr, one per event (start, switch, swap, pin, reload, stop), each
+bind every port, then `READY=1`. SIGTERM/SIGINT: readiness turns false, `STOPPING=1`, the HTTP listener
+closes, a new inference call on a connection still open (gRPC's listener stays until the drain ends) gets 503 /
+UNAVAILABLE, requests in flight finish (up to `drain_timeout_s` in all), exit 0. gRPC is not stopped at the signal:
+`grpc.Server.stop` "immediately stops service of new RPCs" (grpcio's API docs) but the status a new call then gets
+is CANCELLED or UNAVAILABLE by timing (both seen in tests/test_serve_grpc.py), and clients retry only on the
+latter; so the server refuses new calls itself and stops gRPC once no call is in flight (or the time is up).
+SIGHUP: re-read the config file and apply what can change live. Logs are JSON lines on stderr, one per event (start, switch, swap, pin, reload, stop), each
 with its reason.
 """
 from __future__ import annotations
@@ -97,7 +101,7 @@ class Server:
         self.exit_code = 0
         self.sampler: Any = None
         self.grpc: Any = None  # the gRPC server while serving
-        self.grpc_stopped: threading.Event | None = None  # set once gRPC's calls in flight have finished
+        self.drain_until: float | None = None  # time.monotonic() by which requests in flight must have finished
 
     # -- start
     def load(self) -> None:
@@ -156,9 +160,11 @@ class Server:
         await serving  # returns once a signal stopped it and requests in flight finished
         for t in tasks:
             t.cancel()
-        if self.grpc is not None:
-            stopped = self.grpc_stopped or self.grpc.stop(cfg.drain_timeout_s)
-            await loop.run_in_executor(None, stopped.wait)
+        if self.grpc is not None:  # calls in flight finish while new ones are refused, then the listener goes
+            until = self.drain_until or time.monotonic() + cfg.drain_timeout_s
+            if self.core.slot is not None:
+                await loop.run_in_executor(None, self.core.slot.idle, max(0.0, until - time.monotonic()))
+            await loop.run_in_executor(None, self.grpc.stop(max(0.0, until - time.monotonic())).wait)
         if metrics_server is not None:
             metrics_server.shutdown()
         if watchdog:
@@ -176,12 +182,11 @@ class Server:
     def _stop(self, http: uvicorn.Server, sig: int) -> None:
         if self.core.draining:
             return
-        self.core.draining = True
+        self.core.draining = True  # from here Core.infer refuses new calls (HTTP 503, gRPC UNAVAILABLE)
+        self.drain_until = time.monotonic() + self.cfg.drain_timeout_s
         notify(STOPPING=1, STATUS="draining requests in flight")
         log.info("stopping", extra={"event": "stopping", "signal": signal.Signals(sig).name})
         http.should_exit = True
-        if self.grpc is not None:  # gRPC drains alongside HTTP: new calls refused now, calls in flight finish
-            self.grpc_stopped = self.grpc.stop(self.cfg.drain_timeout_s)
 
     def _reload(self) -> None:
         if not self.config_path:
