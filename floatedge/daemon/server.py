@@ -7,8 +7,8 @@ UNAVAILABLE, requests in flight finish (up to `drain_timeout_s` in all), exit 0.
 `grpc.Server.stop` "immediately stops service of new RPCs" (grpcio's API docs) but the status a new call then gets
 is CANCELLED or UNAVAILABLE by timing (both seen in tests/test_serve_grpc.py), and clients retry only on the
 latter; so the server refuses new calls itself and stops gRPC once no call is in flight (or the time is up).
-SIGHUP: re-read the config file and apply what can change live. Logs are JSON lines on stderr, one per event (start, switch, swap, pin, reload, stop), each
-with its reason.
+SIGHUP: re-read the config file and apply what can change live. Logs are JSON lines on stderr, one per event
+(start, switch, swap, pin, reload, stop), each with its reason.
 """
 from __future__ import annotations
 
