@@ -65,7 +65,7 @@ def test_sigterm_drains_requests_in_flight_and_tells_systemd(two, tmp_path):
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     cfg = tmp_path / "serve.toml"
-    cfg.write_text("batching = true\nbatch_delay_ms = 600.0\nbatch_max = 64\n")  # requests wait in the batcher
+    cfg.write_text("batching = true\nbatch_delay_ms = 1500.0\nbatch_max = 64\n")  # requests wait in the batcher
     server = ServerProc(tmp_path, a, config=cfg, token_file=token,
                         env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "300000"}).wait_ready()
     try:
@@ -84,7 +84,7 @@ def test_sigterm_drains_requests_in_flight_and_tells_systemd(two, tmp_path):
         callers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
         for t in callers:
             t.start()
-        time.sleep(0.25)  # the requests are in the batcher's 600 ms window
+        server.wait_pending(4)  # the requests are in the batcher's window
         server.signal(signal.SIGTERM)
         for t in callers:
             t.join(30)
