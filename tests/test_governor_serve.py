@@ -149,9 +149,8 @@ def test_the_point_follows_a_throttling_trace_and_comes_back(served, tmp_path):
                          and e["to"]["width"] == 0.5)
         got, out = server.json("POST", "/v2/floatedge/policy", {"params": {"latency_ms": 2}})
         assert got == 200 and out["decision"]["switch"]["to"]["width"] == 0.5
-        time.sleep(1.0)
-        state = server.json("GET", "/v2/floatedge/state")[1]
-        assert width(state) == 0.5 and state["policy"]["status"]["violation"] is True
+        state = wait_for(server, lambda s: s["policy"]["status"]["violation"] is True, 30, "the violation reported")
+        assert width(state) == 0.5
         assert "no point meets the budget" in state["policy"]["status"]["reason"]
         got, out = server.json("POST", "/v2/floatedge/policy", {"params": {"objective": "speed"}})
         assert got == 400 and "objective" in out["error"]

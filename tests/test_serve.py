@@ -355,7 +355,9 @@ def test_switches_and_a_hot_swap_under_concurrent_load(site, server):
         time.sleep(0.4)
         got, body = server.json("POST", f"/v2/repository/models/{MODEL}/load", {"parameters": {"bundle": "floats.febundle"}})
         assert got == 200, body
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30  # the clients see the last bundle (a loaded machine answers late)
+        while not any(p["bundle_sha256"] == body["sha256"] for p, _, _ in seen[-4:]) and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         stop.set()
         for t in threads:
@@ -413,6 +415,8 @@ def test_sighup_rereads_the_config(site, server):
 
 def test_switches_and_swaps_are_logged_with_their_reason(server):
     set_point(server, lambda_n=0.1)
+    got, _ = server.json("POST", f"/v2/repository/models/{MODEL}/load", {"parameters": {"bundle": "tampered.febundle"}})
+    assert got == 400
     events = server.events()
     switch = [e for e in events if e.get("event") == "switch"][-1]
     assert switch["reason"] == "manual" and switch["to"]["lambda_n"] == 0.1 and "time_to_effect_ms" in switch
