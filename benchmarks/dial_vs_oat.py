@@ -155,6 +155,11 @@ def trained_where(sets: list) -> str:
                     for d in dict.fromkeys(d for d, _ in sets))
 
 
+def lams(xs) -> str:
+    """A list of λ_n for a sentence: "0.6, 0.7" or "none"."""
+    return ", ".join(f"{x:g}" for x in xs) or "none"
+
+
 def by_curve(results: dict) -> dict[str, list[list[dict]]]:
     """Group `results` ("<curve> · <set> s<seed>" → rows) by curve: curve → one row list per seed."""
     out: dict[str, list[list[dict]]] = {}
@@ -201,18 +206,22 @@ def verdict(results: dict) -> str:
     if "OAT" not in grouped:
         return ""
     oat = {lam: mean_point(grouped["OAT"], lam) for lam in LAMBDAS}
+
+    def at_least(p: dict, o: dict, ra: str) -> bool:  # CA and RA (by attack `ra`) both ≥ OAT's
+        return p["ca"] >= o["ca"] and p[ra] >= o[ra]
+
     lines = []
     for curve in (c for c in grouped if c.startswith("FLOAT")):
         pts = {lam: mean_point(grouped[curve], lam) for lam in LAMBDAS}
-        held = [lam for lam in LAMBDAS if pts[lam]["ca"] >= oat[lam]["ca"] and pts[lam]["pgd20"] >= oat[lam]["pgd20"]]
+        held = [lam for lam in LAMBDAS if at_least(pts[lam], oat[lam], "pgd20")]
         strong = [lam for lam in LAMBDAS if pts[lam]["apgd"] is not None and oat[lam]["apgd"] is not None]
-        held_a = [lam for lam in strong if pts[lam]["ca"] >= oat[lam]["ca"] and pts[lam]["apgd"] >= oat[lam]["apgd"]]
+        held_a = [lam for lam in strong if at_least(pts[lam], oat[lam], "apgd")]
         end = pts[1.0]
         d_apgd = f", APGD RA {end['apgd'] - oat[1.0]['apgd']:+.1f}" if 1.0 in strong else ""
-        with_apgd = (f"with APGD-CE+T at {len(held_a)} of {len(strong)} ({', '.join(f'{x:g}' for x in held_a) or 'none'})"
+        with_apgd = (f"with APGD-CE+T at {len(held_a)} of {len(strong)} ({lams(held_a)})"
                      if strong else "APGD-CE+T not measured on every seed")
         lines.append(f"- {curve} vs OAT: CA and PGD-20 RA both ≥ OAT's at {len(held)} of {len(LAMBDAS)} λ_n"
-                     f" ({', '.join(f'{x:g}' for x in held) or 'none'}); {with_apgd}. At λ_n = 1: CA "
+                     f" ({lams(held)}); {with_apgd}. At λ_n = 1: CA "
                      f"{end['ca'] - oat[1.0]['ca']:+.1f}, PGD-20 RA {end['pgd20'] - oat[1.0]['pgd20']:+.1f}{d_apgd}. "
                      f"**The claim {'holds' if len(held) == len(LAMBDAS) and len(held_a) == len(strong) else 'does not hold'}.**")
     return ("\nThe FLOAT paper's claim — FLOAT's CA and RA equal to or above OAT's at every λ_n — tested on the seed "
@@ -251,12 +260,10 @@ def section(results: dict, timing: dict, args, cfg: dict, epochs: int, png: Path
                 f" ({r['apgd']:.1f})" if r["apgd"] is not None else "")
             cells.append(f"**{cell}**" if r["pareto_useful"] else cell)
         lines.append(f"| {lam:g} | " + " | ".join(cells) + " |")
-    def where(rows: list[dict]) -> str:
-        return ", ".join(f"{r['lambda_n']:g}" for r in rows if r["pareto_useful"]) or "none"
-
     seeds_table = across_seeds(results)
-    counts = "\n".join(f"- {label}: {sum(r['pareto_useful'] for r in rows)} Pareto-useful interior points (λ_n = {where(rows)})"
-                       for label, rows in results.items())
+    counts = "\n".join(f"- {label}: {len(useful)} Pareto-useful interior points (λ_n = {lams(useful)})"
+                       for label, rows in results.items()
+                       for useful in [[r["lambda_n"] for r in rows if r["pareto_useful"]]])
     trows = "\n".join(f"| {name} | {t['epochs']} | {t['s_per_epoch']:.0f} | {t['images_per_s']:.0f} |"
                       for name, t in timing.items())
     return f"""## {args.title}

@@ -146,12 +146,16 @@ class ServerProc:
             time.sleep(0.005)
         raise TimeoutError(f"no {event!r} event in {timeout}s:\n{self.log()}")
 
+    def metrics(self) -> str:
+        """The Prometheus text of the metrics port."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
     def wait_pending(self, n: int, timeout: float = 30) -> None:
         """Wait until `n` requests are in flight in the server (its nv_inference_pending_request_count)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
-                lines = r.read().decode().splitlines()
+            lines = self.metrics().splitlines()
             if sum(float(x.rsplit(" ", 1)[1]) for x in lines if x.startswith("nv_inference_pending_request_count{")) >= n:
                 return
             time.sleep(0.02)

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -134,7 +133,7 @@ def test_the_point_follows_a_throttling_trace_and_comes_back(served, tmp_path):
         # every decision is logged with its reason, counted, and exported
         decisions = [e for e in server.events() if e.get("event") == "decision" and e.get("moved")]
         assert [d["limit"] for d in decisions][-2:] == ["latency", "headroom"]
-        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        text = server.metrics()
         assert 'floatedge_policy_decisions_total{limit="latency",policy="governor"} 1.0' in text
         assert "floatedge_governor_slowdown" in text and 'floatedge_governor_predicted_latency_seconds{lambda_n="1"' in text
         assert back["policy"]["status"]["control"] == "latency and telemetry"

@@ -386,11 +386,9 @@ def test_pin_unpin_and_policy(server):
 
 
 def test_metrics_use_tritons_names(server, http):
-    import urllib.request
-
     http_infer(http, X)
     set_point(server, lambda_n=0.3)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    text = server.metrics()
     line = next(ln for ln in text.splitlines() if ln.startswith("nv_inference_request_success{"))
     assert f'model="{MODEL}"' in line and 'version="1"' in line and float(line.split()[-1]) >= 1
     for name in ("nv_inference_request_failure{", "nv_inference_count{", "nv_inference_exec_count{",

@@ -157,8 +157,6 @@ def test_device_telemetry_from_a_simulated_jetson(two, tmp_path):
     """The server samples a `floatedge device simulate` tree (the devices stage's sysfs readers) and exports it."""
     import subprocess
     import sys
-    import urllib.request
-
     _, a, _, token = two
     sim = tmp_path / "sim"
     proc = subprocess.run([sys.executable, "-m", "floatedge", "device", "simulate", "nano", "--root", str(sim)],
@@ -172,7 +170,7 @@ def test_device_telemetry_from_a_simulated_jetson(two, tmp_path):
         while (state := server.json("GET", "/v2/floatedge/state")[1])["telemetry"] is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "sysfs" in state["telemetry_source"] and state["telemetry"]["temps_c"], state
-        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        text = server.metrics()
         assert "floatedge_device_temperature_celsius{zone=" in text and "floatedge_device_throttled" in text
         assert "floatedge_device_power_watts{rail=" in text
     finally:
